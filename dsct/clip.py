@@ -1,0 +1,369 @@
+"""CLIP ensemble for text guidance (SPEC §1 "text guidance", §4 CLIP row): templates, target
+directions and batched differentiable random views.
+
+The reference (DiffuseIT `src/vqc_core.py`) runs OpenAI's `clip` package: per model a torchvision
+`RandomRotation(10) → RandomResizedCrop(size, scale=(0.8, 1), ratio=(0.9, 1.1)) →
+RandomHorizontalFlip → Normalize` pipeline, one view at a time, batch size 1. Here each view is one
+affine map (rotation, crop and flip composed) rendered with `F.affine_grid`/`F.grid_sample`
+straight to each model's input size, all views of all samples go through one `encode_image` call per
+model, and each sample draws its view parameters from its own CPU generator, so a batch with
+generators (a, b) equals two single runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+__all__ = [
+    "OPENAI_MODELS",
+    "PRETRAINED_TAG",
+    "IMAGENET_TEMPLATES",
+    "TINY_CONFIGS",
+    "ClipEnsemble",
+    "build_clip_models",
+]
+
+# SPEC §1: the reference ensemble. The `-quickgelu` names build OpenAI's QuickGELU activation; the
+# plain open_clip names build nn.GELU, which does not match OpenAI's weights (open_clip only warns).
+OPENAI_MODELS = ("RN50-quickgelu", "RN50x4-quickgelu", "ViT-B-32-quickgelu", "RN50x16-quickgelu", "ViT-B-16-quickgelu")
+PRETRAINED_TAG = "openai"
+
+# The CLIP paper's 80 ImageNet prompt templates less "a photo of many {}.", as in the reference
+# (DiffuseIT's `src/template.py`, shared with the same authors' CLIPstyler `template.py`): 79 prompts.
+# Order follows the CLIP notebook; only their mean is used, so order does not matter.
+IMAGENET_TEMPLATES: tuple[str, ...] = (
+    "a bad photo of a {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
+
+# SPEC §4: d_m = normalise(e_T − 0.4·e_S + 0.2·e_I0)
+SOURCE_TEXT_WEIGHT = 0.4
+SOURCE_IMAGE_WEIGHT = 0.2
+
+# SPEC §4 random views (reference: RandomRotation(10), RandomResizedCrop(scale, ratio), flip p=0.5)
+MAX_ROTATION_DEG = 10.0
+CROP_SCALE = (0.8, 1.0)
+CROP_RATIO = (0.9, 1.1)
+FLIP_PROB = 0.5
+CROP_ATTEMPTS = 10  # torchvision's rejection-sampling budget
+
+_TINY_TEXT = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+
+
+class ViewParams(NamedTuple):
+    """Parameters of N views; sizes and centres in the image's normalised [-1, 1] coordinates."""
+
+    angle: Tensor  # (N,) degrees, positive = counter-clockwise on screen
+    scale: Tensor  # (N, 2) crop width/W and height/H of the (rotated) image
+    center: Tensor  # (N, 2) crop centre (x, y)
+    flip: Tensor  # (N,) bool, horizontal flip
+
+
+def _view_theta(params: ViewParams, aspect: float) -> Tensor:
+    """Affine matrices (N, 2, 3) mapping view coordinates to image coordinates (for `affine_grid`).
+
+    Output point → flip → position in the crop → undo the rotation about the image centre (done in
+    pixel units, hence `aspect` = H/W) → normalised input coordinates.
+    """
+    a = torch.deg2rad(params.angle)
+    cos, sin = torch.cos(a), torch.sin(a)
+    # inverse rotation in pixel units (y down), conjugated by diag(W/2, H/2)
+    rot = torch.stack([torch.stack([cos, -sin * aspect], -1), torch.stack([sin / aspect, cos], -1)], -2)  # (N, 2, 2)
+    sign = 1.0 - 2.0 * params.flip.to(params.scale.dtype)
+    crop = torch.diag_embed(params.scale * torch.stack([sign, torch.ones_like(sign)], -1))  # (N, 2, 2)
+    linear = rot @ crop
+    shift = rot @ params.center.unsqueeze(-1)  # (N, 2, 1)
+    return torch.cat([linear, shift], -1)
+
+
+def _sample_view_params(generator: torch.Generator, n: int, height: int, width: int) -> ViewParams:
+    """Draw n random views (SPEC §4) for one H×W image from one CPU generator, a fixed number of draws.
+
+    Crop sizes are continuous (torchvision rounds to pixels). When all CROP_ATTEMPTS fail, the view
+    uses torchvision's fallback: the largest centred crop with the image's aspect ratio clamped to
+    CROP_RATIO (the whole image when that ratio is inside it).
+    """
+    aspect = height / width
+    angle = (torch.rand(n, generator=generator) * 2 - 1) * MAX_ROTATION_DEG
+    area = CROP_SCALE[0] + (CROP_SCALE[1] - CROP_SCALE[0]) * torch.rand(n, CROP_ATTEMPTS, generator=generator)
+    log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(n, CROP_ATTEMPTS, generator=generator))
+    sx, sy = torch.sqrt(area * ratio * aspect), torch.sqrt(area / (ratio * aspect))  # w/W, h/H
+    ok = (sx <= 1) & (sy <= 1)
+    first = torch.argmax(ok.int(), dim=1, keepdim=True)  # first valid attempt (0 if none)
+    found = ok.any(dim=1)
+    scale = torch.stack([sx.gather(1, first)[:, 0], sy.gather(1, first)[:, 0]], -1)
+    fallback_ratio = min(max(1 / aspect, CROP_RATIO[0]), CROP_RATIO[1])  # clamped W/H
+    fallback = torch.tensor([min(1.0, fallback_ratio * aspect), min(1.0, 1 / (fallback_ratio * aspect))])
+    scale = torch.where(found[:, None], scale, fallback)
+    center = (1 - scale) * (torch.rand(n, 2, generator=generator) * 2 - 1) * found[:, None]
+    flip = torch.rand(n, generator=generator) < FLIP_PROB
+    return ViewParams(angle, scale, center, flip)
+
+
+def _center_params(n: int, height: int, width: int) -> ViewParams:
+    """The centred square of side min(H, W): 'resize short side + center crop' (reference test_prep)."""
+    side = min(height, width)
+    scale = torch.tensor([[side / width, side / height]]).expand(n, 2)
+    return ViewParams(torch.zeros(n), scale, torch.zeros(n, 2), torch.zeros(n, dtype=torch.bool))
+
+
+def _render(x01: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
+    """Sample views: x01 (B,3,H,W), theta (B,n,2,3) → (B·n,3,h,w), bilinear.
+
+    Like the reference's tensor path (torchvision 0.10): no antialiasing, edges replicated within the
+    last half pixel (as `F.interpolate`), and black (0) where the rotation leaves the image. The n
+    grids of a sample are stacked along the height so the image is never copied n times.
+    """
+    b, n = theta.shape[:2]
+    h, w = size
+    grid = F.affine_grid(theta.reshape(b * n, 2, 3), [b * n, 3, h, w], align_corners=False)  # (B·n, h, w, 2)
+    x01 = x01.to(torch.promote_types(x01.dtype, torch.float32))  # half-precision grids are off by ~0.1 px
+    grid = grid.reshape(b, n * h, w, 2).to(x01.dtype)
+    views = F.grid_sample(x01, grid, mode="bilinear", padding_mode="border", align_corners=False)  # (B,3,n·h,w)
+    inside = (grid.abs() <= 1).all(-1).unsqueeze(1).to(views.dtype)  # (B,1,n·h,w)
+    views = views * inside
+    return views.reshape(b, 3, n, h, w).transpose(1, 2).reshape(b * n, 3, h, w)
+
+
+def _clip_normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """CLIP's per-channel normalisation of a [0,1] image."""
+    m = torch.tensor(mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+    return (x01 - m) / s
+
+
+def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class ClipEnsemble(nn.Module):
+    """Several CLIP models, each with its tokenizer, input size and mean/std (SPEC §1, §4).
+
+    Fixed features (`text_directions`) are computed once per call; the caller wraps them in
+    `no_grad`. `encode_views` stays differentiable with respect to its input.
+    """
+
+    def __init__(self, models: Sequence[open_clip.CLIP], tokenizers: Sequence, names: Sequence[str]):
+        super().__init__()
+        if not (len(models) == len(tokenizers) == len(names)) or not models:
+            raise ValueError("ClipEnsemble needs one tokenizer and one name per model, and at least one model")
+        self.models = nn.ModuleList(models)
+        self.tokenizers = list(tokenizers)
+        self.names = tuple(names)
+        cfgs = [open_clip.get_model_preprocess_cfg(m) for m in models]
+        self.input_sizes = tuple(_as_pair(m.visual.image_size) for m in models)
+        self.means = tuple(tuple(c.get("mean", OPENAI_DATASET_MEAN)) for c in cfgs)
+        self.stds = tuple(tuple(c.get("std", OPENAI_DATASET_STD)) for c in cfgs)
+
+    @property
+    def embed_dims(self) -> tuple[int, ...]:
+        """Embedding width D_m of each model."""
+        return tuple(m.visual.output_dim for m in self.models)
+
+    def _encode(self, i: int, views01: Tensor) -> Tensor:
+        """Normalised float32 image embeddings (N, D_m) of [0,1] views already at model i's size."""
+        model = self.models[i]
+        p = next(model.parameters())
+        x = _clip_normalize(views01, self.means[i], self.stds[i]).to(device=p.device, dtype=p.dtype)
+        return F.normalize(model.encode_image(x).float(), dim=-1)
+
+    def _text_embeddings(self, i: int, texts: Sequence[str]) -> Tensor:
+        """(len(texts), D_m): per text the mean of the RAW template embeddings, then normalised (SPEC §4).
+
+        All templates of all texts go through one `encode_text` call.
+        """
+        model = self.models[i]
+        prompts = [t.format(text) for text in texts for t in IMAGENET_TEMPLATES]
+        tokens = self.tokenizers[i](prompts).to(next(model.parameters()).device)
+        emb = model.encode_text(tokens).float().reshape(len(texts), len(IMAGENET_TEMPLATES), -1)
+        return F.normalize(emb.mean(1), dim=-1)
+
+    def _center_embeddings(self, x01: Tensor) -> list[Tensor]:
+        """Per model (B, D_m): normalised embedding of the resized + center-cropped image."""
+        b, _, h, w = x01.shape
+        theta = _view_theta(_center_params(b, h, w), h / w).to(x01.device).view(b, 1, 2, 3)
+        return [self._encode(i, _render(x01, theta, size)) for i, size in enumerate(self.input_sizes)]
+
+    def text_directions(self, target_text: str, source_text: str, src_x01: Tensor) -> list[Tensor]:
+        """Per model the target direction d_m (D_m,) of SPEC §4.
+
+        Args:
+            src_x01: source image (1,3,H,W) in [0,1].
+        """
+        if src_x01.ndim != 4 or src_x01.shape[0] != 1:
+            raise ValueError(f"src_x01 must have shape (1, 3, H, W), got {tuple(src_x01.shape)}")
+        image = self._center_embeddings(src_x01)
+        directions = []
+        for i in range(len(self.models)):
+            e_t, e_s = self._text_embeddings(i, [target_text, source_text])
+            e_i0 = image[i][0].to(e_t.device)
+            directions.append(F.normalize(e_t - SOURCE_TEXT_WEIGHT * e_s + SOURCE_IMAGE_WEIGHT * e_i0, dim=-1))
+        return directions
+
+    def encode_views(self, x01: Tensor, n_cuts: int, generators: Sequence[torch.Generator]) -> list[Tensor]:
+        """Per model (B, D_m): mean over n_cuts random views of the normalised image embeddings.
+
+        One set of view parameters per sample serves every model (the reference draws per model).
+        Rotation, crop and flip are one bilinear resampling (the reference rotates with nearest
+        neighbour, then resamples the crop).
+
+        Args:
+            x01: images (B,3,H,W) in [0,1]; gradients flow back to them.
+            generators: one CPU generator per sample; sample b's views depend only on generators[b].
+        """
+        b, _, h, w = x01.shape
+        if len(generators) != b:
+            raise ValueError(f"encode_views needs one generator per sample: {len(generators)} for batch {b}")
+        if n_cuts < 1:
+            raise ValueError(f"n_cuts must be >= 1, got {n_cuts}")
+        thetas = [_view_theta(_sample_view_params(g, n_cuts, h, w), h / w) for g in generators]
+        theta = torch.stack(thetas).to(x01.device)  # (B, n_cuts, 2, 3), shared by all models
+        out = []
+        for i, size in enumerate(self.input_sizes):
+            emb = self._encode(i, _render(x01, theta, size))  # (B·n_cuts, D_m)
+            out.append(emb.view(b, n_cuts, -1).mean(1))
+        return out
+
+    def text_similarity(self, x01: Tensor, text: str) -> Tensor:
+        """(B,): mean over models of cos(center-crop image embedding, template-averaged text embedding); for ranking."""
+        image = self._center_embeddings(x01)
+        sims = [image[i] @ self._text_embeddings(i, [text])[0].to(image[i].device) for i in range(len(self.models))]
+        return torch.stack(sims).mean(0)
+
+
+# Tiny configs (open_clip's own CLIP class): one ModifiedResNet tower, one ViT tower; real vocabulary
+# and context length so the real tokenizer works. Different widths and input sizes on purpose.
+TINY_CONFIGS: dict[str, dict] = {
+    "tiny-rn": dict(
+        embed_dim=32,
+        vision_cfg=dict(layers=(1, 1, 1, 1), width=8, head_width=16, image_size=64),
+        text_cfg=_TINY_TEXT,
+    ),
+    "tiny-vit": dict(
+        embed_dim=24,
+        vision_cfg=dict(layers=1, width=32, head_width=16, patch_size=16, image_size=48),
+        text_cfg=_TINY_TEXT,
+    ),
+}
+
+
+def _build_one(name: str) -> open_clip.CLIP:
+    """Random-init CLIP model (QuickGELU) in the current default device context."""
+    if name in TINY_CONFIGS:
+        model = open_clip.CLIP(**TINY_CONFIGS[name], quick_gelu=True)
+        size = model.visual.image_size
+        open_clip.set_model_preprocess_cfg(model, dict(size=size, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD))
+        return model
+    device = torch.get_default_device()
+    return open_clip.create_model(name, pretrained=None, device=device, force_quick_gelu=True)
+
+
+def build_clip_models(
+    names: Sequence[str] | str = OPENAI_MODELS,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> ClipEnsemble:
+    """Random-init ensemble in eval mode (weights come from hub.py). `names`: OPENAI_MODELS entries or "tiny"."""
+    if isinstance(names, str):
+        names = tuple(TINY_CONFIGS) if names == "tiny" else (names,)
+    allowed = (*OPENAI_MODELS, *TINY_CONFIGS)
+    for name in names:
+        if name not in allowed:
+            raise ConfigError("clip_models", name, f"one of {', '.join(allowed)} or 'tiny'")
+    ctx = torch.device(device) if device is not None else contextlib.nullcontext()
+    with ctx:
+        models = [_build_one(name) for name in names]
+    if dtype is not None:
+        models = [m.to(dtype=dtype) for m in models]
+    tokenizers = [open_clip.get_tokenizer("RN50-quickgelu" if n in TINY_CONFIGS else n) for n in names]
+    return ClipEnsemble(models, tokenizers, names).eval()

@@ -1,0 +1,215 @@
+"""Every user setting as a frozen dataclass, the presets of SPEC §5, and the one validator.
+
+A config that exists is valid: ``__post_init__`` runs :func:`validate`, and so does
+``dataclasses.replace``. Field names are the names of the CLI flags (kebab-case), the API
+parameters and the UI controls, so one setting has one name everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args
+
+from .errors import ConfigError
+
+__all__ = [
+    "Mode", "GeneratorName", "ResizeMode", "DType", "ClipName",
+    "CLIP_CHOICES", "ModelConfig", "TranslationConfig", "PRESETS", "preset", "validate",
+    "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
+    "MAX_SAMPLES", "MAX_TEXT_CHARS",
+]
+
+Mode = Literal["text", "image"]
+GeneratorName = Literal["imagenet", "ffhq"]
+ResizeMode = Literal["resize", "center_crop"]
+DType = Literal["auto", "fp32", "bf16", "fp16"]
+ClipName = Literal["RN50-quickgelu", "RN50x4-quickgelu", "ViT-B-32-quickgelu", "RN50x16-quickgelu", "ViT-B-16-quickgelu"]
+CLIP_CHOICES: tuple[str, ...] = get_args(ClipName)
+
+MAX_SAMPLES = 16
+MAX_TEXT_CHARS = 300  # CLIP sees at most 77 tokens; longer prompts are refused, not cut silently.
+
+
+def _setting(default: object, help: str):
+    """A dataclass field whose help text the CLI and the app reuse."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which networks to load, and how (SPEC §1). Paths override the registry's download."""
+
+    generator: GeneratorName = "imagenet"
+    clip_models: tuple[str, ...] = CLIP_CHOICES
+    load_clip: bool = True
+    load_arcface: bool = False
+    tiny: bool = False
+    dtype: DType = "auto"
+    grad_checkpointing: bool = False
+    unet_path: str | None = None
+    vit_path: str | None = None
+    arcface_path: str | None = None
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+
+@dataclass(frozen=True)
+class TranslationConfig:
+    """Sampler and loss settings (SPEC §3–5). Defaults are the text demo; see ``PRESETS``."""
+
+    mode: Mode = _setting("text", "text: guided by a target text; image: guided by a style image")
+    steps: int = _setting(100, "respaced diffusion steps (SPEC §2); sampling starts at steps - skip - 1")
+    skip: int = _setting(40, "steps skipped at the start: higher keeps more of the source, changes less")
+    resample_repeats: int = _setting(10, "guided evaluations at the first step (resampling); 1 turns it off")
+    divergence_until: int = _setting(50, "the semantic divergence loss acts while the step index is above this")
+    range_restart: bool = _setting(True, "start a sample over when its x̂0 leaves [-1, 1] too far")
+    max_restarts: int = _setting(3, "cap on range restarts per sample")
+    restart_threshold: float = _setting(0.01, "weighted range loss that triggers a restart (faces: 0.1)")
+    noise_aug: bool = _setting(True, "ViT losses see x̂0 mixed with x_t (reference use_noise_aug_all)")
+    regularize_content: bool = _setting(True, "double the contrastive weight while the CLIP loss is below -0.5 (text)")
+    prog_contrast: bool = _setting(False, "halve the contrastive weight while the CLIP loss is above -0.5 (text)")
+    colour_match: bool = _setting(False, "match the output's colours to the style image (MKL; image mode)")
+    n_cuts: int = _setting(8, "random views per CLIP model and step (text)")
+    lambda_ssim: float = _setting(1000.0, "structure: DINO key self-similarity to the source")
+    lambda_contra: float = _setting(200.0, "structure: contrastive (patch NCE) DINO keys")
+    lambda_div: float = _setting(100.0, "semantic divergence from the previous step's [CLS]")
+    lambda_cls: float = _setting(0.0, "style: DINO [CLS] distance to the style image (image)")
+    lambda_l2: float = _setting(0.0, "style: pixel L2 to the style image (image)")
+    lambda_clip: float = _setting(2000.0, "text: CLIP directional loss (text)")
+    lambda_range: float = _setting(200.0, "keeps x̂0 inside [-1, 1]")
+    lambda_id: float = _setting(0.0, "face identity (ArcFace), faces generator only")
+    size: int = _setting(256, "short side the generator runs at (multiple of 32)")
+    max_long_side: int = _setting(448, "cap on the long side in resize mode (multiple of 32)")
+    resize_mode: ResizeMode = _setting("resize", "resize: keep the aspect ratio; center_crop: square crop")
+    samples: int = _setting(1, "images made in one batch, returned best first")
+    seed: int = _setting(0, "seed of the first sample; sample k uses seed + k")
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def t_start(self) -> int:
+        """Spaced index of the first guided step (SPEC §3: T_spaced - skip - 1)."""
+        return self.steps - self.skip - 1
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Loss name -> weight, the keys that ``losses.weighted_sum`` and the guide use."""
+        return {f.name.removeprefix("lambda_"): getattr(self, f.name) for f in fields(self) if f.name.startswith("lambda_")}
+
+
+# (low, high) inclusive numeric ranges; one table so the CLI, the app sliders and the errors agree.
+RANGES: dict[str, tuple[float, float]] = {
+    "steps": (2, 1000),
+    "skip": (0, 999),
+    "resample_repeats": (1, 50),
+    "divergence_until": (-1, 999),
+    "max_restarts": (0, 10),
+    "restart_threshold": (0.0, 1e6),
+    "n_cuts": (1, 64),
+    "lambda_ssim": (0.0, 1e6),
+    "lambda_contra": (0.0, 1e6),
+    "lambda_div": (0.0, 1e6),
+    "lambda_cls": (0.0, 1e6),
+    "lambda_l2": (0.0, 1e6),
+    "lambda_clip": (0.0, 1e6),
+    "lambda_range": (0.0, 1e6),
+    "lambda_id": (0.0, 1e6),
+    "size": (32, 1024),
+    "max_long_side": (32, 2048),
+    "samples": (1, MAX_SAMPLES),
+    "seed": (0, 2**63 - 1),
+}
+MAX_GUIDED_EVALUATIONS = 5000  # steps after skip plus repeats: bounds the work one call can ask for
+
+
+def _check_choice(name: str, value: object, kind: object) -> None:
+    choices = get_args(kind)
+    if value not in choices:
+        raise ConfigError(name, value, f"one of {', '.join(map(repr, choices))}")
+
+
+def validate(cfg: ModelConfig | TranslationConfig) -> None:
+    """The one place settings are checked; raises ConfigError naming field, value and range."""
+    hints = {"mode": Mode, "generator": GeneratorName, "resize_mode": ResizeMode, "dtype": DType}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in hints:
+            _check_choice(f.name, value, hints[f.name])
+        elif f.type in ("bool",) and not isinstance(value, bool):
+            raise ConfigError(f.name, value, "true or false")
+        elif f.name in RANGES:
+            low, high = RANGES[f.name]
+            is_int = f.type == "int"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (is_int and not float(value).is_integer()):
+                raise ConfigError(f.name, value, f"{'an integer' if is_int else 'a number'} in [{low:g}, {high:g}]")
+            if not math.isfinite(value) or not low <= value <= high:
+                raise ConfigError(f.name, value, f"a value in [{low:g}, {high:g}]")
+            if is_int and not isinstance(value, int):
+                object.__setattr__(cfg, f.name, int(value))
+    if isinstance(cfg, ModelConfig):
+        _validate_models(cfg)
+    else:
+        _validate_translation(cfg)
+
+
+def _validate_models(cfg: ModelConfig) -> None:
+    if isinstance(cfg.clip_models, list):
+        object.__setattr__(cfg, "clip_models", tuple(cfg.clip_models))
+    if not isinstance(cfg.clip_models, tuple) or not cfg.clip_models:
+        raise ConfigError("clip_models", cfg.clip_models, f"a non-empty tuple of {', '.join(CLIP_CHOICES)}")
+    for name in cfg.clip_models:
+        if name not in CLIP_CHOICES:
+            raise ConfigError("clip_models", name, f"each one of {', '.join(CLIP_CHOICES)}")
+    if len(set(cfg.clip_models)) != len(cfg.clip_models):
+        raise ConfigError("clip_models", cfg.clip_models, "each model at most once")
+
+
+def _validate_translation(cfg: TranslationConfig) -> None:
+    if cfg.skip >= cfg.steps:
+        raise ConfigError("skip", cfg.skip, f"fewer than steps ({cfg.steps}); skip {cfg.steps - 1} leaves a single step")
+    work = cfg.t_start + cfg.resample_repeats
+    if work > MAX_GUIDED_EVALUATIONS:
+        raise ConfigError("steps", cfg.steps, f"at most {MAX_GUIDED_EVALUATIONS} guided evaluations per sample (steps - skip + resample_repeats); asked for {work}")
+    if cfg.size % 32 or cfg.max_long_side % 32:
+        bad = "size" if cfg.size % 32 else "max_long_side"
+        raise ConfigError(bad, getattr(cfg, bad), "a multiple of 32 (the UNet downsamples 5 times)")
+    if cfg.max_long_side < cfg.size:
+        raise ConfigError("max_long_side", cfg.max_long_side, f"at least size ({cfg.size})")
+    if cfg.mode == "text" and cfg.lambda_clip == 0 and cfg.lambda_ssim == 0 and cfg.lambda_contra == 0:
+        raise ConfigError("lambda_clip", 0.0, "a positive weight in text mode (nothing would guide the translation)")
+
+
+TEXT_PRESET = TranslationConfig()
+IMAGE_PRESET = TranslationConfig(
+    mode="image", steps=200, skip=80, divergence_until=100, regularize_content=False, colour_match=True,
+    lambda_cls=2000.0, lambda_l2=3000.0, lambda_clip=0.0,
+)
+# Fast: half the steps and fewer resampling repeats — about 2.5x less work, with a weaker,
+# less detailed change of appearance (the structure is kept as well).
+TEXT_FAST_PRESET = dataclasses.replace(TEXT_PRESET, steps=50, skip=20, divergence_until=25, resample_repeats=4)
+IMAGE_FAST_PRESET = dataclasses.replace(IMAGE_PRESET, steps=100, skip=40, divergence_until=50, resample_repeats=4)
+
+PRESETS: dict[str, TranslationConfig] = {
+    "text": TEXT_PRESET,
+    "image": IMAGE_PRESET,
+    "text-fast": TEXT_FAST_PRESET,
+    "image-fast": IMAGE_FAST_PRESET,
+}
+
+
+def preset(mode: Mode, *, fast: bool = False, generator: GeneratorName = "imagenet", **overrides: object) -> TranslationConfig:
+    """The SPEC §5 preset for a mode, adapted to the generator (FFHQ: identity loss, restart 0.1)."""
+    _check_choice("mode", mode, Mode)
+    _check_choice("generator", generator, GeneratorName)
+    base = PRESETS[f"{mode}-fast" if fast else mode]
+    if generator == "ffhq":
+        base = dataclasses.replace(base, lambda_id=100.0, restart_threshold=0.1)
+    unknown = set(overrides) - {f.name for f in fields(TranslationConfig)}
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ConfigError(name, overrides[name], "a TranslationConfig field")
+    return dataclasses.replace(base, **overrides)

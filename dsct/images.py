@@ -1,0 +1,176 @@
+"""Images in and out: decoding, EXIF, modes, the resize/crop policy, and MKL colour matching.
+
+Everything a user can hand us (a path, a PIL image, a numpy array, a tensor) becomes an RGB
+tensor in [-1, 1] here, or an ``ImageError`` that says what was wrong. SPEC §3 (input size) and
+§4 (image-mode colour matching).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+__all__ = [
+    "ImageInput", "MIN_SIDE", "load_image", "working_size", "output_size", "to_tensor", "fit_to",
+    "to_pil", "colour_match_mkl",
+]
+
+ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+MIN_SIDE = 16  # smaller images carry no structure worth keeping; refused instead of upscaled 16x
+MAX_PIXELS = 64_000_000  # larger inputs are refused before decoding (decompression bombs)
+
+
+def _flatten_alpha(img: Image.Image) -> Image.Image:
+    """Composite transparent pixels on white: the UNet knows no alpha, and black would bleed in."""
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode to 8-bit RGB, scaling 16/32-bit and float data by their own range."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        return _flatten_alpha(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
+        if img.mode == "F" and a.max() <= 1.0:
+            top = 1.0
+        a = np.clip(a / top, 0.0, 1.0)
+        return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4; got shape {a.shape}")
+    if a.dtype == np.uint8:
+        u8 = a
+    elif a.dtype == np.uint16:
+        u8 = (a.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating) or a.dtype == np.bool_:
+        if not np.isfinite(a).all():
+            raise ImageError("the image array contains NaN or infinite values")
+        u8 = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image array dtype {a.dtype}; use uint8, uint16 or float in [0, 1]")
+    mode = {1: "L", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
+    return Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
+
+
+def _from_tensor(t: torch.Tensor) -> Image.Image:
+    """A (3,H,W) or (1,3,H,W) tensor in [-1, 1] (the library's convention), as an image."""
+    if t.ndim == 4 and t.shape[0] == 1:
+        t = t[0]
+    if t.ndim != 3 or t.shape[0] not in (1, 3):
+        raise ImageError(f"an image tensor must be (3,H,W) or (1,3,H,W) in [-1, 1]; got shape {tuple(t.shape)}")
+    x01 = (t.detach().float().cpu().expand(3, -1, -1) * 0.5 + 0.5).permute(1, 2, 0).numpy()
+    return _from_array(x01)
+
+
+def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
+    """Decode and normalise one input to an 8-bit RGB PIL image, EXIF orientation applied."""
+    if image is None:
+        raise ImageError(f"no {name} was given")
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise ImageError(f"{name}: file not found: {path}")
+        try:
+            with Image.open(path) as opened:
+                if opened.width * opened.height > MAX_PIXELS:
+                    raise ImageError(f"{name} is {opened.width}x{opened.height}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted")
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+            raise ImageError(f"{name}: cannot read {path.name} as an image ({e.__class__.__name__})") from e
+    elif isinstance(image, np.ndarray):
+        image = _from_array(image)
+    elif isinstance(image, torch.Tensor):
+        image = _from_tensor(image)
+    elif isinstance(image, Image.Image):
+        image = ImageOps.exif_transpose(image)
+    else:
+        raise ImageError(f"{name}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+    if image.width * image.height > MAX_PIXELS:
+        raise ImageError(f"{name} is {image.width}x{image.height}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted")
+    if min(image.size) < MIN_SIDE:
+        raise ImageError(f"{name} is {image.width}x{image.height}; each side must be at least {MIN_SIDE} pixels")
+    return _to_rgb(image)
+
+
+def working_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:
+    """(W, H) the sampler runs at: short side ``size``, long side a multiple of 32 up to the cap."""
+    if resize_mode == "center_crop":
+        return size, size
+    short, long = min(width, height), max(width, height)
+    long_out = min(max_long_side, max(size, round(long * size / short / 32) * 32))
+    return (long_out, size) if width >= height else (size, long_out)
+
+
+def output_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:
+    """(W, H) returned to the user: the source's own aspect ratio at the working resolution."""
+    w, h = working_size(width, height, size=size, max_long_side=max_long_side, resize_mode=resize_mode)
+    if resize_mode == "center_crop":
+        return w, h
+    if width >= height:
+        return min(w, round(width * h / height)), h
+    return w, min(h, round(height * w / width))
+
+
+def fit_to(img: Image.Image, width: int, height: int) -> Image.Image:
+    """Cover (width, height) keeping aspect: scale, then center-crop the overflow."""
+    return ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (1, 3, H, W) float32 in [-1, 1]."""
+    a = np.asarray(img.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> list[Image.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB images, optionally resized (Lanczos) to size=(W, H)."""
+    u8 = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    images = [Image.fromarray(a, "RGB") for a in u8]
+    if size is not None:
+        images = [im if im.size == tuple(size) else im.resize(tuple(size), Image.Resampling.LANCZOS) for im in images]
+    return images
+
+
+def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
+    vals, vecs = torch.linalg.eigh(c)
+    return vecs @ torch.diag_embed(vals.clamp_min(0).sqrt()) @ vecs.mT
+
+
+def colour_match_mkl(x: torch.Tensor, reference: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
+    """Monge–Kantorovich linear colour transfer: give x the RGB mean and covariance of reference.
+
+    T = A^-1/2 (A^1/2 B A^1/2)^1/2 A^-1/2 with A, B the covariances of x and reference
+    (Pitié & Kokaram 2007); the reference's ``use_colormatch`` (MKL). Works per sample in float64.
+    Args: x (B,3,H,W), reference (1 or B,3,h,w), both in the same value range.
+    """
+    out = []
+    ref = reference.expand(x.shape[0], -1, -1, -1)
+    for xi, ri in zip(x.double(), ref.double()):
+        a_pix, b_pix = xi.flatten(1), ri.flatten(1)  # (3, N)
+        mu_a, mu_b = a_pix.mean(1, keepdim=True), b_pix.mean(1, keepdim=True)
+        eye = torch.eye(3, dtype=torch.float64, device=x.device) * eps
+        cov_a = torch.cov(a_pix) + eye
+        cov_b = torch.cov(b_pix) + eye
+        a_half = _sqrtm_psd(cov_a)
+        a_half_inv = torch.linalg.inv(a_half)
+        t = a_half_inv @ _sqrtm_psd(a_half @ cov_b @ a_half) @ a_half_inv
+        out.append((t @ (a_pix - mu_a) + mu_b).reshape(xi.shape))
+    return torch.stack(out).to(x.dtype)

@@ -1,0 +1,149 @@
+"""The guided DDPM loop of SPEC §3, with resampling at the first step and capped range restarts.
+
+One UNet pass with grad per guided evaluation gives both the posterior mean and the guidance
+gradient (SPEC §3 fix: the reference ran the UNet twice). Samples are independent: each draws its
+noise from its own CPU generator, and a sample that must restart leaves the batch at once and runs
+again afterwards, so a batch with seeds (a, b) gives what runs with a and with b give alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .diffusion import Schedule, model_timesteps, p_mean_variance, q_sample, renoise
+from .guidance import Guide, GuideState
+
+__all__ = ["StepEvent", "SampleOutput", "randn", "guided_step", "sample_guided", "evaluations_per_attempt"]
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    """What a progress callback sees after each guided evaluation."""
+
+    step: int  # 1-based count of guided evaluations in this attempt
+    total: int  # guided evaluations per attempt: (t_start + 1) + (repeats - 1)
+    i: int  # spaced timestep index
+    x0_pred: Tensor  # (b,3,H,W) current x̂0 of the samples still running, detached
+    terms: dict[str, Tensor]  # unweighted loss terms, (b,)
+    sample_ids: tuple[int, ...]  # which samples of the batch x0_pred holds
+    restarts: tuple[int, ...]  # restarts so far, per sample of the whole batch
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    x0: Tensor  # (B,3,H,W) final x̂0, unclamped
+    terms: dict[str, Tensor]  # last step's loss terms, (B,)
+    restarts: tuple[int, ...]
+
+
+def randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> Tensor:
+    """Standard normal noise, one CPU generator per sample, so results do not depend on batching."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
+
+
+def evaluations_per_attempt(t_start: int, repeats: int) -> int:
+    return t_start + repeats
+
+
+def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor, state: GuideState):
+    """One UNet pass with grad: μ' = μ + σ²·g with g = −∂L/∂x_t (Sohl-Dickstein mean shift)."""
+    x = x.detach().requires_grad_(True)
+    dtype = next(unet.parameters()).dtype
+    out = unet(x.to(dtype), model_timesteps(schedule, i).to(x.device)).float()
+    mv = p_mean_variance(schedule, out, x, i)
+    loss, terms, state = guide(x, mv.x0_pred, i, state)
+    # all weights zero (unguided): no graph to differentiate, the gradient is zero
+    grad = torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
+    mean = mv.mean.detach() - mv.variance.detach() * grad
+    return mean, mv.log_variance.detach(), mv.x0_pred.detach(), {k: v.detach() for k, v in terms.items()}, state
+
+
+def _p_sample(mean: Tensor, log_variance: Tensor, i: Tensor, noise: Tensor) -> Tensor:
+    nonzero = (i > 0).to(mean.dtype).view(-1, *([1] * (mean.ndim - 1)))  # no noise at i = 0
+    return mean + nonzero * torch.exp(0.5 * log_variance) * noise
+
+
+def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar, restarts):
+    """One pass from t_start to 0 for the samples `ids`; returns finished x̂0s and who must restart."""
+    device, shape = x_src.device, x_src.shape[1:]
+    state = guide.initial_state([generators[k] for k in ids])
+    x = q_sample(schedule, x_src.expand(len(ids), -1, -1, -1), torch.full((len(ids),), t_start, device=device), randn([generators[k] for k in ids], shape, device))
+    finished: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+    failed: list[int] = []
+    step, total = 0, evaluations_per_attempt(t_start, repeats)
+    for t in range(t_start, -1, -1):
+        i = torch.full((len(ids),), t, device=device, dtype=torch.long)
+        reps = repeats if t == t_start else 1
+        for r in range(reps):
+            gens = [generators[k] for k in ids]
+            mean, log_var, x0_pred, terms, state = guided_step(unet, schedule, guide, x, i, state)
+            x_prev = _p_sample(mean, log_var, i, randn(gens, shape, device))
+            if r < reps - 1:  # resampling: back to t with the forward step of β_t
+                x = renoise(schedule, x_prev, i, randn(gens, shape, device))
+            step += 1
+            bar.update(1)
+            if callback is not None:
+                callback(StepEvent(step, total, t, x0_pred, terms, tuple(ids), tuple(restarts)))
+        if restart_threshold is not None and t < t_start:
+            bad = (guide.config.lambda_range * terms["range"] > restart_threshold).tolist()
+            drop = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts]
+            if drop:
+                failed += [ids[n] for n in drop]
+                keep = [n for n in range(len(ids)) if n not in drop]
+                ids = [ids[n] for n in keep]
+                if not ids:
+                    break
+                idx = torch.tensor(keep, device=device)
+                x_prev, x0_pred, state = x_prev[idx], x0_pred[idx], state.take(keep)
+                terms = {k: v[idx] for k, v in terms.items()}
+        x = x_prev
+    for n, k in enumerate(ids):
+        finished[k] = (x0_pred[n], {name: v[n] for name, v in terms.items()})
+    return finished, failed
+
+
+def sample_guided(
+    unet: torch.nn.Module,
+    schedule: Schedule,
+    guide: Guide,
+    x_src: Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    t_start: int,
+    repeats: int = 1,
+    restart_threshold: float | None = None,
+    callback: Callable[[StepEvent], None] | None = None,
+    disable: bool = True,
+) -> SampleOutput:
+    """Translate ``x_src`` (1,3,H,W) into len(generators) samples, guided by ``guide``.
+
+    Starts from q_sample(x_src, t_start), repeats the first step ``repeats`` times (resampling),
+    and restarts a sample whose weighted range loss exceeds ``restart_threshold`` after the first
+    step, at most ``guide.config.max_restarts`` times (SPEC §3 fix: the reference never stopped).
+    A callback may raise ``Cancelled`` to stop at once.
+    """
+    b = len(generators)
+    restarts = [0] * b
+    pending = list(range(b))
+    results: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+    with tqdm(total=evaluations_per_attempt(t_start, repeats), disable=disable, desc="guided steps") as bar:
+        while pending:
+            done, failed = _run_attempt(
+                unet, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
+                restart_threshold=restart_threshold, callback=callback, bar=bar, restarts=restarts,
+            )
+            results.update(done)
+            for k in failed:
+                restarts[k] += 1
+            if failed:
+                bar.reset(total=evaluations_per_attempt(t_start, repeats))
+            pending = sorted(failed)
+    x0 = torch.stack([results[k][0] for k in range(b)])
+    names = results[0][1].keys()
+    terms = {name: torch.stack([results[k][1][name] for k in range(b)]) for name in names}
+    return SampleOutput(x0, terms, tuple(restarts))

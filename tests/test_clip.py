@@ -1,0 +1,198 @@
+"""CLIP ensemble (dsct/clip.py): QuickGELU builds, templates, directions, batched differentiable views."""
+
+from __future__ import annotations
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from open_clip.transformer import QuickGELU
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+from dsct.clip import (
+    IMAGENET_TEMPLATES, OPENAI_MODELS, ClipEnsemble, ViewParams, _render, _sample_view_params, _view_theta,
+    build_clip_models,
+)
+from dsct.errors import ConfigError
+
+MISSING_TEMPLATE = "a photo of many {}."
+
+
+@pytest.fixture(scope="module")
+def ens() -> ClipEnsemble:
+    torch.manual_seed(0)
+    return build_clip_models("tiny")
+
+
+def _gens(*seeds: int) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def _activations(model: torch.nn.Module) -> tuple[int, int]:
+    quick = sum(isinstance(m, QuickGELU) for m in model.modules())
+    gelu = sum(type(m) is torch.nn.GELU for m in model.modules())
+    return quick, gelu
+
+
+@pytest.mark.parametrize("name, size", zip(OPENAI_MODELS, (224, 288, 224, 384, 224)))
+def test_real_models_build_quickgelu_on_meta(name, size):
+    ens = build_clip_models([name], device="meta")
+    model = ens.models[0]
+    assert next(model.parameters()).device.type == "meta"
+    quick, gelu = _activations(model)
+    assert quick > 0 and gelu == 0
+    assert ens.input_sizes == ((size, size),)
+    assert ens.means[0] == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert ens.stds[0] == pytest.approx((0.26862954, 0.26130258, 0.27577711))
+
+
+def test_plain_name_is_gelu_and_rejected():
+    # open_clip builds nn.GELU for the plain name: OpenAI weights would load silently into the wrong net
+    with torch.device("meta"):
+        plain = open_clip.create_model("RN50", pretrained=None, device="meta")
+    quick, gelu = _activations(plain)
+    assert quick == 0 and gelu > 0
+    with pytest.raises(ConfigError, match="clip_models"):
+        build_clip_models(["RN50"], device="meta")
+
+
+def test_templates_are_openai_80_less_one():
+    openai = [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    assert len(openai) == 80
+    assert len(IMAGENET_TEMPLATES) == 79 == len(set(IMAGENET_TEMPLATES))
+    assert MISSING_TEMPLATE not in IMAGENET_TEMPLATES
+    assert set(IMAGENET_TEMPLATES) == set(openai) - {MISSING_TEMPLATE}
+    assert all(t.count("{}") == 1 for t in IMAGENET_TEMPLATES)
+
+
+def test_tokenizer_offline(ens, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for tok in ens.tokenizers:
+        tokens = tok(["a photo of a cat.", "graffiti of the black leopard."])
+        assert tokens.shape == (2, 77)
+        assert (tokens[:, 0] == 49406).all() and (tokens == 49407).sum() == 2  # <start>, one <end> each
+
+
+def test_text_directions_formula(ens):
+    src = torch.rand(1, 3, 64, 64)  # square: resize + center crop is a plain resize
+    calls = []
+    for m in ens.models:
+        original = m.encode_text
+        m.encode_text = lambda tokens, _f=original: calls.append(len(tokens)) or _f(tokens)
+    try:
+        with torch.no_grad():
+            dirs = ens.text_directions("black leopard", "cat", src)
+    finally:
+        for m in ens.models:
+            del m.encode_text
+    assert calls == [2 * 79] * len(ens.models)  # all templates of both texts in one call per model
+    assert [d.shape for d in dirs] == [(32,), (24,)]
+    with torch.no_grad():
+        per_model = zip(ens.models, ens.tokenizers, ens.input_sizes, ens.means, ens.stds, dirs)
+        for model, tok, size, mean, std, d in per_model:
+            torch.testing.assert_close(d.norm(), torch.tensor(1.0))
+            e_t, e_s = (
+                F.normalize(model.encode_text(tok([t.format(s) for t in IMAGENET_TEMPLATES])).mean(0), dim=-1)
+                for s in ("black leopard", "cat")
+            )
+            img = F.interpolate(src, size, mode="bilinear", align_corners=False)
+            img = (img - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+            e_i0 = F.normalize(model.encode_image(img), dim=-1)[0]
+            torch.testing.assert_close(d, F.normalize(e_t - 0.4 * e_s + 0.2 * e_i0, dim=-1), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1, 3, H, W"):
+        ens.text_directions("a", "b", torch.rand(2, 3, 64, 64))
+
+
+def test_identity_view_is_plain_resize():
+    x = torch.rand(2, 3, 40, 56)
+    ident = ViewParams(torch.zeros(2), torch.ones(2, 2), torch.zeros(2, 2), torch.zeros(2, dtype=torch.bool))
+    theta = _view_theta(ident, 40 / 56).view(2, 1, 2, 3)
+    for size in [(32, 32), (48, 48), (30, 70)]:  # down, up, mixed
+        expected = F.interpolate(x, size, mode="bilinear", align_corners=False)
+        torch.testing.assert_close(_render(x, theta, size), expected, atol=1e-5, rtol=0)
+
+
+def test_view_rotation_crop_flip_geometry():
+    x = torch.rand(1, 3, 40, 56)
+    # +90° about the centre, then the central 40×40 crop == rot90 (counter-clockwise) of that square
+    params = ViewParams(torch.tensor([90.0]), torch.tensor([[40 / 56, 1.0]]), torch.zeros(1, 2), torch.tensor([False]))
+    out = _render(x, _view_theta(params, 40 / 56).view(1, 1, 2, 3), (40, 40))
+    torch.testing.assert_close(out, torch.rot90(x[..., 8:48], 1, dims=(-2, -1)), atol=1e-5, rtol=0)
+    # flip only
+    params = ViewParams(torch.zeros(1), torch.ones(1, 2), torch.zeros(1, 2), torch.tensor([True]))
+    out = _render(x, _view_theta(params, 40 / 56).view(1, 1, 2, 3), (40, 56))
+    torch.testing.assert_close(out, x.flip(-1), atol=1e-5, rtol=0)
+    # a rotated view is black (0) in the corners the rotation leaves empty
+    params = ViewParams(torch.tensor([10.0]), torch.ones(1, 2), torch.zeros(1, 2), torch.tensor([False]))
+    out = _render(torch.ones(1, 3, 64, 64), _view_theta(params, 1.0).view(1, 1, 2, 3), (64, 64))
+    assert out[..., 0, 0].eq(0).all() and out[..., 32, 32].eq(1).all()
+
+
+@pytest.mark.parametrize("height, width", [(256, 256), (256, 192), (240, 256)])
+def test_view_params_ranges(height, width):
+    p = _sample_view_params(torch.Generator().manual_seed(0), 4000, height, width)
+    area = p.scale.prod(-1)  # fraction of the image area
+    ratio = p.scale[:, 0] / p.scale[:, 1] * width / height  # crop w/h in pixels
+    assert p.angle.abs().max() <= 10
+    assert area.min() >= 0.8 - 1e-6 and area.max() <= 1 + 1e-6
+    assert ratio.min() >= 0.9 - 1e-6 and ratio.max() <= 1.1 + 1e-6
+    assert (p.center.abs() + p.scale).max() <= 1 + 1e-6  # crop inside the (rotated) image
+    assert 0.45 < p.flip.float().mean() < 0.55
+    again = _sample_view_params(torch.Generator().manual_seed(0), 4000, height, width)
+    assert all(torch.equal(a, b) for a, b in zip(p, again))
+
+
+def test_view_params_fallback_for_wide_images():
+    # 256×384: no crop of ≥ 80 % area has w/h ≤ 1.1, so torchvision's fallback (centred, ratio 1.1) applies
+    p = _sample_view_params(torch.Generator().manual_seed(0), 100, 256, 384)
+    torch.testing.assert_close(p.scale, torch.tensor([[256 * 1.1 / 384, 1.0]]).expand(100, 2))
+    assert p.center.eq(0).all()
+
+
+def test_views_are_differentiable(ens):
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    out = ens.encode_views(x, 3, _gens(1, 2))
+    assert [o.shape for o in out] == [(2, 32), (2, 24)]
+    sum(o.sum() for o in out).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_batched_views_equal_views_one_by_one(ens):
+    x = torch.rand(1, 3, 64, 64)
+    calls = []
+    for m in ens.models:
+        original = m.encode_image
+        m.encode_image = lambda v, _f=original: calls.append(len(v)) or _f(v)
+    try:
+        with torch.no_grad():
+            batched = ens.encode_views(x, 4, _gens(7))
+    finally:
+        for m in ens.models:
+            del m.encode_image
+    assert calls == [4] * len(ens.models)  # one call per model on all views
+    theta = _view_theta(_sample_view_params(torch.Generator().manual_seed(7), 4, 64, 64), 1.0)
+    with torch.no_grad():
+        for i, size in enumerate(ens.input_sizes):
+            singles = [ens._encode(i, _render(x, theta[k].view(1, 1, 2, 3), size)) for k in range(4)]
+            torch.testing.assert_close(batched[i], torch.cat(singles).mean(0, keepdim=True), atol=1e-5, rtol=1e-5)
+
+
+def test_batch_of_two_equals_singles(ens):
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        both = ens.encode_views(x, 3, _gens(11, 12))
+        first = ens.encode_views(x[:1], 3, _gens(11))
+        second = ens.encode_views(x[1:], 3, _gens(12))
+    for b, f, s in zip(both, first, second):
+        torch.testing.assert_close(b, torch.cat([f, s]), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one generator per sample"):
+        ens.encode_views(x, 3, _gens(1))
+
+
+def test_text_similarity(ens):
+    x = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        sim = ens.text_similarity(x, "a cat")
+        singles = torch.cat([ens.text_similarity(x[i : i + 1], "a cat") for i in range(3)])
+    assert sim.shape == (3,) and sim.abs().max() <= 1
+    torch.testing.assert_close(sim, singles, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,165 @@
+"""dsct.unet: checkpoint layout, parity with guided-diffusion, and the tiny model's behaviour."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dsct.errors import ConfigError, DSCTError, ImageError
+from dsct.unet import DIFFUSION_ONLY_KEYS, GD_MODEL_DEFAULTS, MODEL_CONFIGS, UNet, build_unet, checkpoint_filter_fn
+
+REAL_CHECKPOINTS = {"imagenet256": "adm_256_uncond_state_dict.json", "ffhq256": "adm_ffhq_256_state_dict.json"}
+
+
+def _tiny(seed: int = 0) -> UNet:
+    torch.manual_seed(seed)
+    return build_unet("tiny").eval()
+
+
+def _t(b: int) -> torch.Tensor:
+    return torch.linspace(999.0, 3.0, b)
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CHECKPOINTS))
+def test_real_checkpoint_keys_and_shapes(reference_dir, name):
+    ref = json.loads((reference_dir / REAL_CHECKPOINTS[name]).read_text())
+    model = build_unet(name, device="meta")
+    shapes = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert shapes == ref["keys"]
+    assert sum(p.numel() for p in model.parameters()) == ref["params"]
+    # The checkpoint's own guided-diffusion kwargs build the same network.
+    same = UNet.from_guided_diffusion(**ref["config"], device="meta")
+    assert {k: list(v.shape) for k, v in same.state_dict().items()} == ref["keys"]
+
+
+@pytest.mark.parametrize("name", ["unet_imagenet_like", "unet_ffhq_like"])
+def test_reference_output(reference_dir, name):
+    kwargs = json.loads((reference_dir / "fixtures.json").read_text())[name]["model_kwargs"]
+    data = load_file(reference_dir / f"{name}.safetensors")
+    model = UNet.from_guided_diffusion(**kwargs, device="meta").eval()  # no random init: weights come next
+    weights = {k.removeprefix("weights."): v for k, v in data.items() if k.startswith("weights.")}
+    model.load_state_dict(checkpoint_filter_fn(weights, model), strict=True, assign=True)
+    y = model(data["input.x"], data["input.t"])
+    assert y.shape == data["output.y"].shape
+    assert (y - data["output.y"]).abs().max().item() <= 1e-4
+
+
+def test_checkpoint_filter_fn_strips_dataparallel_prefix():
+    model = _tiny()
+    sd = {f"module.{k}": v for k, v in model.state_dict().items()}
+    other = build_unet("tiny", device="meta")
+    other.load_state_dict(checkpoint_filter_fn(sd, other), strict=True, assign=True)
+    x = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(other.eval()(x, _t(1)), model(x, _t(1)), rtol=0, atol=0)
+
+
+def test_checkpoint_filter_fn_rejects_foreign_layouts():
+    model = build_unet("tiny", device="meta")
+    with pytest.raises(DSCTError, match="input_blocks.0.0.weight"):
+        checkpoint_filter_fn({"conv_in.weight": torch.zeros(1)}, model)
+    wrong = build_unet("ffhq256", device="meta").state_dict()
+    with pytest.raises(DSCTError, match="does not match"):
+        checkpoint_filter_fn(wrong, model)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 64, 96), (1, 3, 96, 32)])
+def test_tiny_forward_shapes(shape):
+    y = _tiny()(torch.randn(shape), _t(shape[0]))
+    assert y.shape == (shape[0], 6, *shape[2:])
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_size_not_a_multiple_is_an_image_error():
+    with pytest.raises(ImageError, match="multiple of 8"):
+        _tiny()(torch.randn(1, 3, 60, 64), _t(1))
+
+
+def test_gradient_reaches_x():
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    _tiny()(x, _t(2)).square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    assert x.grad.abs().sum(dim=(1, 2, 3)).min() > 0  # every sample gets a gradient
+
+
+def test_batch_equals_single_samples():
+    model = _tiny()
+    x, t = torch.randn(2, 3, 64, 64), torch.tensor([999.0, 120.0])
+    both = model(x, t)
+    for b in range(2):
+        torch.testing.assert_close(both[b : b + 1], model(x[b : b + 1], t[b : b + 1]), rtol=1e-4, atol=1e-5)
+
+
+def test_timestep_changes_output():
+    model, x = _tiny(), torch.randn(1, 3, 32, 32)
+    assert not torch.allclose(model(x, torch.tensor([10.0])), model(x, torch.tensor([900.0])))
+
+
+def test_grad_checkpointing_gives_identical_outputs_and_gradients():
+    model = _tiny()
+    x0 = torch.randn(2, 3, 64, 64)
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        x = x0.clone().requires_grad_(True)
+        y = model(x, _t(2))
+        (grad,) = torch.autograd.grad(y.square().sum(), x)
+        return y.detach(), grad
+
+    y_plain, g_plain = run()
+    model.set_grad_checkpointing(True)
+    assert all(m.grad_checkpointing for m in model.output_blocks)
+    y_ckpt, g_ckpt = run()
+    model.set_grad_checkpointing(False)
+    torch.testing.assert_close(y_ckpt, y_plain, rtol=0, atol=0)
+    torch.testing.assert_close(g_ckpt, g_plain, rtol=0, atol=0)
+
+
+def test_bf16_autocast_on_cpu():
+    model, x, t = _tiny(), torch.randn(2, 3, 64, 64), _t(2)
+    y32 = model(x, t)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = model(x, t)
+    assert y16.dtype == torch.float32 and torch.isfinite(y16).all()
+    assert (y16 - y32).abs().max() < 0.05 * y32.abs().max()
+
+
+def test_builds_on_meta_with_dtype():
+    model = build_unet("imagenet256", device="meta", dtype=torch.bfloat16)
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("meta", torch.bfloat16)}
+
+
+def test_from_guided_diffusion_accepts_all_defaults_and_drops_diffusion_keys():
+    full = dict(GD_MODEL_DEFAULTS, use_fp16=True, **{k: None for k in DIFFUSION_ONLY_KEYS})
+    model = UNet.from_guided_diffusion(**full, device="meta")
+    # guided-diffusion defaults: 64px → channel_mult (1, 2, 3, 4), attention at 16 and 8 px.
+    assert model.size_multiple == 8
+    assert model.out[-1].out_channels == 3  # learn_sigma=False
+    n_attn = sum(type(m).__name__ == "AttentionBlock" for m in model.modules())
+    assert n_attn == 2 * 2 + 1 + 2 * 3  # encoder (2 levels × 2), middle, decoder (2 levels × 3)
+
+
+def test_from_guided_diffusion_use_checkpoint_enables_grad_checkpointing():
+    model = UNet.from_guided_diffusion(**MODEL_CONFIGS["tiny"], use_checkpoint=True, device="meta")
+    assert model.middle_block.grad_checkpointing
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"num_chanels": 64}, "num_chanels"),
+        ({"class_cond": True}, "class_cond"),
+        ({"use_new_attention_order": True}, "use_new_attention_order"),
+        ({"image_size": 100}, "channel_mult"),
+    ],
+)
+def test_from_guided_diffusion_errors(kwargs, field):
+    with pytest.raises(ConfigError, match=field) as info:
+        UNet.from_guided_diffusion(**{**MODEL_CONFIGS["tiny"], "channel_mult": "", **kwargs}, device="meta")
+    assert info.value.field == field
+
+
+def test_build_unet_unknown_name():
+    with pytest.raises(ConfigError, match="imagenet256"):
+        build_unet("sd15")
