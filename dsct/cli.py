@@ -118,6 +118,9 @@ def _run(args: argparse.Namespace, sources: list[Path]):
     from .pipeline import translate
 
     model_cfg, config = _configs(args)
+    for path in (*sources, args.style):
+        if path is not None and not path.is_file():
+            raise DSCTError(f"image file not found: {path}")
     models = load_models(model_cfg, _device(args.device))
     if models.tiny:
         print("note: tiny random models — outputs are not meaningful pictures", file=sys.stderr)

@@ -13,6 +13,7 @@ generators (a, b) equals two single runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -223,6 +224,16 @@ def _clip_normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) ->
 
 def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+@functools.lru_cache(maxsize=1)
+def _bpe() -> open_clip.tokenizer.SimpleTokenizer:
+    return open_clip.tokenizer.SimpleTokenizer()  # the OpenAI BPE vocabulary ships with open_clip
+
+
+def prompt_tokens(text: str) -> int:
+    """Tokens of the longest template filled with ``text``, start/end included (CLIP reads 77)."""
+    return max(len(_bpe().encode(t.format(text))) for t in IMAGENET_TEMPLATES) + 2
 
 
 class ClipEnsemble(nn.Module):

@@ -483,14 +483,19 @@ def _pretrained_builders(
 
 def load_models(
     config: ModelConfig, device: str | torch.device | None = None, *, cache_dir: str | os.PathLike | None = None,
+    builders: Mapping[str, Callable[[], nn.Module] | None] | None = None,
 ) -> Models:
     """Load (or, with ``config.tiny``, build) every network once: eval, frozen, on ``device`` in the
     compute dtype. ``device=None``: CUDA when available, else CPU. Tiny models read no file at all
     (path overrides are ignored) and have the same seeded weights on every call.
+
+    ``builders`` (keys unet, vit, clip, arcface → a zero-argument builder or None) replaces the
+    registry, e.g. real architectures with random weights for ``benchmarks/bench_step.py``.
     """
     device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     dtype = compute_dtype(config.dtype, device)
-    builders = _tiny_builders(config) if config.tiny else _pretrained_builders(config, cache_dir)
+    if builders is None:
+        builders = _tiny_builders(config) if config.tiny else _pretrained_builders(config, cache_dir)
     nets: dict[str, nn.Module | None] = {}
     for role, build in builders.items():  # one at a time onto the device: host memory holds one fp32 model
         nets[role] = None if build is None else build().to(device=device, dtype=dtype).eval().requires_grad_(False)

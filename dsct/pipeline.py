@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from . import images
+from .clip import prompt_tokens
 from .config import MAX_TEXT_CHARS, TranslationConfig, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
@@ -24,6 +25,8 @@ from .sampler import StepEvent, sample_guided
 from .scoring import rank_order, score_samples
 
 __all__ = ["Result", "translate", "check_text", "schedule_for"]
+
+CONTEXT_TOKENS = 77  # CLIP's text context length
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,10 @@ def check_text(name: str, text: str | None, *, required: bool = True) -> str:
         raise ConfigError(name, text[:40] + "…", f"at most {MAX_TEXT_CHARS} characters (got {len(text)}); CLIP reads only 77 tokens")
     if any(ord(c) < 32 and c not in "\t\n" for c in text):
         raise ConfigError(name, text, "printable text without control characters")
-    return " ".join(text.split())
+    text = " ".join(text.split())
+    if prompt_tokens(text) > CONTEXT_TOKENS:
+        raise ConfigError(name, text[:40] + "…", f"a shorter text: CLIP reads {CONTEXT_TOKENS} tokens, this prompt needs {prompt_tokens(text)}")
+    return text
 
 
 def _check_models(models: Models, config: TranslationConfig) -> None:

@@ -142,6 +142,7 @@ def sample_guided(
                 restarts[k] += 1
             if failed:
                 bar.reset(total=evaluations_per_attempt(t_start, repeats))
+                bar.set_postfix(restarts=max(restarts))
             pending = sorted(failed)
     x0 = torch.stack([results[k][0] for k in range(b)])
     names = results[0][1].keys()
