@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import open_clip
 import pytest
 import torch
@@ -26,6 +27,19 @@ def ens() -> ClipEnsemble:
 
 def _gens(*seeds: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@contextlib.contextmanager
+def _count_calls(ens: ClipEnsemble, method: str):
+    """Record the batch size of every call of `method` on each model of the ensemble."""
+    calls: list[int] = []
+    for m in ens.models:
+        setattr(m, method, lambda x, _f=getattr(m, method): calls.append(len(x)) or _f(x))
+    try:
+        yield calls
+    finally:
+        for m in ens.models:
+            delattr(m, method)
 
 
 def _activations(model: torch.nn.Module) -> tuple[int, int]:
@@ -75,16 +89,8 @@ def test_tokenizer_offline(ens, monkeypatch):
 
 def test_text_directions_formula(ens):
     src = torch.rand(1, 3, 64, 64)  # square: resize + center crop is a plain resize
-    calls = []
-    for m in ens.models:
-        original = m.encode_text
-        m.encode_text = lambda tokens, _f=original: calls.append(len(tokens)) or _f(tokens)
-    try:
-        with torch.no_grad():
-            dirs = ens.text_directions("black leopard", "cat", src)
-    finally:
-        for m in ens.models:
-            del m.encode_text
+    with _count_calls(ens, "encode_text") as calls, torch.no_grad():
+        dirs = ens.text_directions("black leopard", "cat", src)
     assert calls == [2 * 79] * len(ens.models)  # all templates of both texts in one call per model
     assert [d.shape for d in dirs] == [(32,), (24,)]
     with torch.no_grad():
@@ -159,16 +165,8 @@ def test_views_are_differentiable(ens):
 
 def test_batched_views_equal_views_one_by_one(ens):
     x = torch.rand(1, 3, 64, 64)
-    calls = []
-    for m in ens.models:
-        original = m.encode_image
-        m.encode_image = lambda v, _f=original: calls.append(len(v)) or _f(v)
-    try:
-        with torch.no_grad():
-            batched = ens.encode_views(x, 4, _gens(7))
-    finally:
-        for m in ens.models:
-            del m.encode_image
+    with _count_calls(ens, "encode_image") as calls, torch.no_grad():
+        batched = ens.encode_views(x, 4, _gens(7))
     assert calls == [4] * len(ens.models)  # one call per model on all views
     theta = _view_theta(_sample_view_params(torch.Generator().manual_seed(7), 4, 64, 64), 1.0)
     with torch.no_grad():
