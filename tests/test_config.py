@@ -79,3 +79,13 @@ def test_preset_rejects_unknown_override_and_model_config_checks_clip_names():
     with pytest.raises(ConfigError, match="generator"):
         ModelConfig(generator="celeba")
     assert ModelConfig(clip_models=["RN50-quickgelu"]).clip_models == ("RN50-quickgelu",)
+
+
+def test_readme_lists_every_setting_with_its_preset_values():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for f in dataclasses.fields(TranslationConfig):
+        t, i = getattr(PRESETS["text"], f.name), getattr(PRESETS["image"], f.name)
+        values = f"{t:g} / {i:g}" if isinstance(t, float) else f"{t} / {i}"
+        assert f"| `{f.name}` | {values} |" in readme, f.name
