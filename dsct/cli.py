@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence, get_args
 
+import torch
 from tqdm.auto import tqdm
 
 from .config import PRESETS, DType, GeneratorName, ModelConfig, TranslationConfig, preset
@@ -99,9 +100,7 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TranslationConfig]:
     return ModelConfig(**model_kw), config
 
 
-def _device(name: str):
-    import torch
-
+def _device(name: str) -> torch.device | None:
     if name == "auto":
         return None
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -200,6 +199,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download}[args.command](args)
     except DSCTError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(f"error: out of memory ({type(e).__name__}): lower --samples, --size or --max-long-side, "
+              "or add --grad-checkpointing", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
