@@ -217,8 +217,8 @@ def _render(x01: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
 
 def _clip_normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """CLIP's per-channel normalisation of a [0,1] image."""
-    m = torch.tensor(mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, -1, 1, 1)  # no host sync
+    s = torch.tensor(std, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, -1, 1, 1)
     return (x01 - m) / s
 
 
@@ -317,7 +317,7 @@ class ClipEnsemble(nn.Module):
         if n_cuts < 1:
             raise ValueError(f"n_cuts must be >= 1, got {n_cuts}")
         thetas = [_view_theta(_sample_view_params(g, n_cuts, h, w), h / w) for g in generators]
-        theta = torch.stack(thetas).to(x01.device)  # (B, n_cuts, 2, 3), shared by all models
+        theta = torch.stack(thetas).to(x01.device, non_blocking=True)  # (B, n_cuts, 2, 3), shared by all models
         out = []
         for i, size in enumerate(self.input_sizes):
             emb = self._encode(i, _render(x01, theta, size))  # (B·n_cuts, D_m)

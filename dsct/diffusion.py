@@ -135,8 +135,9 @@ def make_schedule(spacing: str = "100", *, num_train_steps: int = 1000) -> Sched
 
 def extract(coef: Tensor, i: Tensor, x: Tensor) -> Tensor:
     """coef[i] per sample, in x's dtype and device, shaped (B, 1, …, 1) to broadcast against x."""
-    # Gather where coef lives, narrow the dtype there (some devices have no float64), then move.
-    values = coef[i.to(coef.device)].to(x.dtype).to(x.device)
+    # Narrow the dtype where coef lives (some devices have no float64), then gather on x's device:
+    # a non-blocking upload of the table instead of a round trip of i (no host sync on CUDA).
+    values = coef.to(x.dtype).to(x.device, non_blocking=True)[i.to(x.device)]
     return values.reshape(-1, *([1] * (x.ndim - 1)))
 
 
@@ -145,7 +146,7 @@ def model_timesteps(sched: Schedule, i: Tensor) -> Tensor:
 
     guided-diffusion's ``rescale_timesteps`` multiplies by 1000/T: the identity for T = 1000.
     """
-    t = sched.timestep_map[i.to(sched.timestep_map.device)].to(i.device)
+    t = sched.timestep_map.to(i.device, non_blocking=True)[i]  # gather on i's device: no host sync
     return t.float() * (1000.0 / sched.num_train_steps)
 
 

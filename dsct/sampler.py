@@ -43,7 +43,8 @@ class SampleOutput:
 
 def randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> Tensor:
     """Standard normal noise, one CPU generator per sample, so results do not depend on batching."""
-    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
+    # non_blocking: an upload from pageable memory is staged at once, so the host need not wait for the GPU
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device, non_blocking=True)
 
 
 def evaluations_per_attempt(t_start: int, repeats: int) -> int:

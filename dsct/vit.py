@@ -69,8 +69,8 @@ def resize_for_vit(x01: Tensor, patch_size: int) -> Tensor:
 
 def imagenet_normalize(x01: Tensor) -> Tensor:
     """ImageNet mean/std normalisation of a [0,1] batch (DINO's training statistics)."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_DEFAULT_STD, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, 3, 1, 1)  # no host sync
+    std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, 3, 1, 1)
     return (x01 - mean) / std
 
 

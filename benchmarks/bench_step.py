@@ -1,0 +1,415 @@
+"""Guided-step benchmark: seconds per step, peak memory and the work each step really does.
+
+Runs K guided steps through the library's own loop (``dsct.guidance.build_guide`` then
+``dsct.sampler.sample_guided``) on models assembled by ``dsct.hub.load_models`` (eval, frozen, in
+the compute dtype), and prints one JSON line per (mode, batch). Work is counted by hooks on the
+real modules (``benchmarks/counters.py``), never by reading the code.
+
+Sizes (all random weights: timing does not depend on weight values):
+  tiny    the test models (``ModelConfig(tiny=True)``): tiny UNet, tiny ViT, two tiny CLIP towers
+  narrow  the real architectures at a quarter width: the ImageNet-256 ADM UNet with 64 base
+          channels, ViT-B/8's layout (patch 8, 12 blocks) at width 192 / 3 heads, and each chosen
+          CLIP model with its real depth and input size at a quarter width
+  full    the real 552 M UNet, DINO ViT-B/8 and the chosen CLIP models (default all five)
+
+Examples:
+  python benchmarks/bench_step.py --size tiny --mode text image --batch 1 4 --steps 10
+  python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --batch 1 4 --full-run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+from timm.models.vision_transformer import VisionTransformer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from benchmarks.counters import (  # noqa: E402
+    OpCounter, PilCounter, SyncCounter, attention_blocks, params_with_grad, watch_models,
+)
+from dsct import images  # noqa: E402
+from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models  # noqa: E402
+from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
+from dsct.guidance import build_guide  # noqa: E402
+from dsct.hub import Models, load_models  # noqa: E402
+from dsct.pipeline import schedule_for, translate  # noqa: E402
+from dsct.sampler import StepEvent, sample_guided  # noqa: E402
+from dsct.unet import MODEL_CONFIGS, UNet, build_unet  # noqa: E402
+from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
+
+TEXT, SOURCE_TEXT = "Black Leopard", "Cat"
+NARROW = 4  # narrow = real layout at 1/NARROW of the width
+BUILD_SEED = 0
+
+
+# --- models --------------------------------------------------------------------------------
+
+
+def _narrow_clip_model(name: str, device: torch.device) -> open_clip.CLIP:
+    """CLIP ``name`` with its real depth, patching and input size, at 1/NARROW of the width."""
+    cfg = open_clip.get_model_config(name)
+    vision, text = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"])
+    vision["width"] //= NARROW
+    text["width"] //= NARROW
+    text["heads"] = max(1, text["heads"] // NARROW)
+    with torch.device(device):
+        model = open_clip.CLIP(cfg["embed_dim"], vision, text, quick_gelu=True)
+    open_clip.set_model_preprocess_cfg(
+        model, dict(size=vision["image_size"], mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD))
+    return model
+
+
+def _builders(size: str, clip_names: tuple[str, ...] | None, device: torch.device) -> dict:
+    """Zero-argument builders for ``load_models(builders=...)``; networks are built on ``device``."""
+    if size == "full":
+        unet = lambda: build_unet("imagenet256", device=device)  # noqa: E731
+        vit = lambda: build_vit("dino_vitb8", device=device)  # noqa: E731
+        clip = (lambda: build_clip_models(clip_names, device=device)) if clip_names else None
+    else:
+        unet_cfg = dict(MODEL_CONFIGS["imagenet256"], num_channels=256 // NARROW)
+        vit_cfg = dict(VIT_CONFIGS["dino_vitb8"], embed_dim=768 // NARROW, num_heads=12 // NARROW)
+        unet = lambda: UNet.from_guided_diffusion(**unet_cfg, device=device)  # noqa: E731
+        vit = lambda: VisionTransformer(**vit_cfg, device=device)  # noqa: E731
+        clip = (lambda: ClipEnsemble(
+            [_narrow_clip_model(n, device) for n in clip_names],
+            [open_clip.get_tokenizer(n) for n in clip_names], clip_names).eval()) if clip_names else None
+    return dict(unet=unet, vit=vit, clip=clip, arcface=None)
+
+
+def build_models(
+    size: str, device: torch.device, dtype: str, *, clip_names: tuple[str, ...] | None, grad_checkpointing: bool = False,
+) -> Models:
+    """Models of one benchmark size through ``load_models`` (frozen, eval, compute dtype).
+
+    ``clip_names`` None: no CLIP models (image mode only). Tiny always has its two tiny CLIP towers.
+    """
+    config = ModelConfig(
+        tiny=size == "tiny", dtype=dtype, grad_checkpointing=grad_checkpointing,
+        load_clip=clip_names is not None, clip_models=clip_names or OPENAI_MODELS)
+    if size == "tiny":
+        return load_models(config, device)
+    with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
+        torch.manual_seed(BUILD_SEED)
+        return load_models(config, device, builders=_builders(size, clip_names, device))
+
+
+def apply_speed_options(models: Models, *, channels_last: bool, compile_mode: str | None) -> None:
+    """Benchmark-only variants: channels_last weights (UNet, CLIP ResNets) and torch.compile of the UNet.
+
+    The compiled function replaces ``unet.forward`` only, so the counting hooks stay outside it.
+    """
+    if channels_last:
+        for net in (models.unet, models.clip):
+            if net is not None:
+                net.to(memory_format=torch.channels_last)
+    if compile_mode:
+        models.unet.forward = torch.compile(models.unet.forward, mode=None if compile_mode == "default" else compile_mode)
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
+    """A smooth, structured test picture (gradients, a disc, mild noise); content does not affect timing."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = np.hypot(xx - width * 0.55, yy - height * 0.45) / max(width, height)
+    base = np.stack([xx / width, yy / height, (r < 0.25).astype(np.float32)], -1)
+    img = np.clip(base * 0.8 + 0.1 + rng.normal(0, 0.03, base.shape), 0, 1)
+    return Image.fromarray((img * 255).astype(np.uint8))
+
+
+def working_tensor(img: Image.Image, config: TranslationConfig, device: torch.device) -> torch.Tensor:
+    """The pipeline's own preparation: fit to the working size, (1,3,h,w) in [-1,1]."""
+    kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
+    w, h = images.working_size(*img.size, **kw)
+    return images.to_tensor(images.fit_to(img, w, h)).to(device)
+
+
+# --- measurements --------------------------------------------------------------------------
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated since the last reset. CPU: the process's max RSS so far (never reset)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+class StepClock:
+    """Per-step times from the sampler's callback: CUDA events (no host sync) or perf_counter."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def seconds(self) -> list[float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.marks, self.marks[1:])]
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def _per_step(total: int, steps: int) -> float | int:
+    value = total / steps
+    return int(value) if value.is_integer() else round(value, 3)
+
+
+class DeviceProfile:
+    """GPU kernel time and kernel launches of the measured steps (torch.profiler); CUDA only."""
+
+    def __init__(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+        self.prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+
+    def start(self) -> None:
+        self.prof.__enter__()
+
+    def stop(self, steps: int) -> dict:
+        from torch.autograd import DeviceType
+        torch.cuda.synchronize()
+        self.prof.__exit__(None, None, None)
+        device_events = [e for e in self.prof.events() if e.device_type == DeviceType.CUDA]
+        busy = sum(e.time_range.elapsed_us() for e in device_events) / 1e6
+        return dict(gpu_busy_seconds_per_step=round(busy / steps, 4), gpu_kernels_per_step=_per_step(len(device_events), steps))
+
+
+def bench_steps(
+    models: Models, mode: str, batch: int, *, steps: int, warmup: int, source: Image.Image, style: Image.Image,
+    profile: bool = False, count_ops: bool = False, count_attention: bool = True,
+) -> dict:
+    """Time ``steps`` guided steps after ``warmup`` ones, with the counts of what they ran.
+
+    ``profile``: a torch.profiler pass instead (GPU kernel time and launches per step; its timing is
+    disturbed by the profiler, so only those two keys are returned). ``count_ops``: likewise a pass
+    that only counts ATen ops per step (``aten_ops_per_step``). ``count_attention`` False
+    under torch.compile (the counting wrapper would be traced into the graph).
+    """
+    device = models.device
+    config = preset(mode)
+    schedule = schedule_for(config.steps)
+    t_start = warmup + steps - 1
+    if t_start >= schedule.num_steps:
+        raise SystemExit(f"--steps + --warmup must be at most {schedule.num_steps} in {mode} mode")
+    x_src = working_tensor(source, config, device)
+    x_style = working_tensor(style, config, device) if mode == "image" else None
+
+    _reset_peak(device)
+    counter = watch_models(models, attention_runs=count_attention)
+    guide = build_guide(
+        config, schedule, x_src, vit=models.vit, clip=models.clip if mode == "text" else None,
+        style=x_style, text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None)
+    fixed = counter.snapshot()
+    counter.reset()
+
+    clock, syncs, pils = StepClock(device), SyncCounter(device), PilCounter()
+    prof = DeviceProfile() if profile else None
+    ops = OpCounter() if count_ops else None
+
+    def begin() -> None:
+        if prof is not None:
+            prof.start()
+        elif ops is not None:
+            ops.start()
+        else:
+            syncs.start()
+            pils.start()
+
+    def on_step(event: StepEvent) -> None:
+        clock.mark()
+        if event.step == warmup:  # from here on, count only the measured steps
+            counter.reset()
+            begin()
+
+    if warmup == 0:
+        clock.mark()
+        begin()
+    # restart check on, threshold out of reach: random weights must not drop samples mid-measurement
+    sample_guided(models.unet, schedule, guide, x_src, [torch.Generator().manual_seed(k) for k in range(batch)],
+                  t_start=t_start, repeats=1, restart_threshold=math.inf, callback=on_step)
+    if prof is not None or ops is not None:
+        counter.remove()
+        return prof.stop(steps) if prof is not None else dict(aten_ops_per_step=_per_step(ops.stop(), steps))
+    n_syncs, n_pil = syncs.stop(), pils.stop()
+    per_step = clock.seconds()[-steps:]
+    counts = counter.snapshot()
+    counter.remove()
+    grads, trainable = params_with_grad(models)
+    clip_names = models.clip.names if models.clip is not None and mode == "text" else ()
+    clip_by_model = {n: _per_step(counts[f"clip:{n}.images"], steps) for n in clip_names}
+    return dict(
+        seconds_per_step=statistics.median(per_step),
+        seconds_per_sample_step=statistics.median(per_step) / batch,
+        seconds_per_step_min=min(per_step),
+        peak_memory_mb=round(peak_memory_mb(device), 1),
+        unet_forward_per_step=_per_step(counts["unet.forward"], steps),
+        unet_backward_per_step=_per_step(counts["unet.backward"], steps),
+        unet_images_per_step=_per_step(counts["unet.images"], steps),
+        unet_attention_blocks=attention_blocks(models.unet),
+        unet_attention_forwards_per_step=_per_step(counts["unet_attention.forward"], steps) if count_attention else None,
+        vit_forward_per_step=_per_step(counts["vit.forward"], steps),
+        vit_backward_per_step=_per_step(counts["vit.backward"], steps),
+        vit_patch_embed_per_step=_per_step(counts["vit_patch_embed.forward"], steps),
+        clip_encode_calls_per_step=_per_step(sum(counts[f"clip:{n}.forward"] for n in clip_names), steps),
+        clip_image_encodes_per_step=_per_step(sum(counts[f"clip:{n}.images"] for n in clip_names), steps),
+        clip_backward_per_step=_per_step(sum(counts[f"clip:{n}.backward"] for n in clip_names), steps),
+        clip_images_per_model_per_step=clip_by_model,
+        n_cuts=config.n_cuts if clip_names else 0,
+        fixed_vit_forwards=fixed["vit.forward"],
+        fixed_clip_image_encodes=sum(fixed[f"clip:{n}.images"] for n in clip_names),
+        fixed_unet_forwards=fixed["unet.forward"],
+        host_syncs_per_step=None if n_syncs < 0 else _per_step(n_syncs, steps),
+        pil_images_per_step=_per_step(n_pil, steps),
+        params_with_grad=grads,
+        params_requiring_grad=trainable,
+        step_seconds=[round(s, 4) for s in per_step],
+    )
+
+
+def bench_full_run(models: Models, mode: str, batch: int, *, source: Image.Image, style: Image.Image, restarts: bool) -> dict:
+    """One whole default translation (the mode's preset) through ``dsct.translate``, timed end to end."""
+    device = models.device
+    config = preset(mode, samples=batch, range_restart=restarts)
+    counter = watch_models(models)
+    _reset_peak(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    results = translate(models, source, style=style if mode == "image" else None,
+                        text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None,
+                        config=config)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - start
+    counts = counter.snapshot()
+    counter.remove()
+    evaluations = counts["unet.forward"]
+    return dict(
+        full_run_seconds=round(seconds, 3),
+        guided_evaluations=evaluations,
+        seconds_per_evaluation=round(seconds / max(evaluations, 1), 4),
+        expected_evaluations=config.t_start + config.resample_repeats,
+        restarts=[r.restarts for r in results],
+        range_restart=restarts,
+        peak_memory_mb=round(peak_memory_mb(device), 1),
+    )
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), platform.processor() or platform.machine())
+    return f"{model}, {torch.get_num_threads()} threads"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=("tiny", "narrow", "full"), default="tiny")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--mode", choices=("text", "image"), nargs="+", default=["text"], help="one JSON line per mode and batch")
+    p.add_argument("--batch", type=int, nargs="+", default=[1], help="samples per batch (one JSON line each)")
+    p.add_argument("--steps", type=int, default=5, help="measured guided steps (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="guided steps run first and not measured")
+    p.add_argument("--height", type=int, default=256, help="source image height (the working size follows the preset)")
+    p.add_argument("--width", type=int, default=256, help="source image width")
+    p.add_argument("--clip-models", nargs="+", default=None, metavar="NAME",
+                   help=f"CLIP models for narrow/full (default all: {' '.join(OPENAI_MODELS)}); tiny has its own two")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute UNet blocks in backward (less memory)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last weights for the UNet and CLIP ResNets")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the UNet forward (mode: default, max-autotune-no-cudagraphs, ...)")
+    p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument("--profile", action="store_true",
+                   help="CUDA: a second, profiled pass per row adds GPU kernel time and kernel launches per step")
+    p.add_argument("--count-ops", action="store_true",
+                   help="a second pass per row adds ATen ops per step (≈ kernel launches; same at every width)")
+    p.add_argument("--full-run", action="store_true", help="also time one whole default translation, text and image, per batch")
+    p.add_argument("--restarts", action="store_true",
+                   help="keep range restarts on in --full-run (off by default: random weights trigger them spuriously)")
+    p.add_argument("--no-steps", action="store_true", help="skip the step benchmark (only --full-run)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.profile and device.type != "cuda":
+        raise SystemExit("--profile reads GPU kernel times: it needs --device cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    modes = [] if args.no_steps else list(dict.fromkeys(args.mode))
+    full_modes = ["text", "image"] if args.full_run else []
+    needs_clip = "text" in modes + full_modes
+    clip_names = tuple(args.clip_models or OPENAI_MODELS) if needs_clip else None
+
+    start = time.perf_counter()
+    models = build_models(args.size, device, args.dtype, clip_names=clip_names, grad_checkpointing=args.grad_checkpointing)
+    apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile)
+    build_seconds = time.perf_counter() - start
+    weights_mb = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    source = synthetic_image(args.width, args.height, seed=1)
+    style = synthetic_image(args.width, args.height, seed=2).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    common = dict(
+        size=args.size, device=args.device, machine=machine(device), torch=torch.__version__, dtype=args.dtype,
+        height=args.height, width=args.width, grad_checkpointing=args.grad_checkpointing,
+        channels_last=args.channels_last, compile=args.compile, cudnn_benchmark=args.cudnn_benchmark,
+        clip_models=list(models.clip.names) if models.clip is not None else [],
+        build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
+    )
+    for mode in modes:
+        for batch in args.batch:
+            row = bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source, style=style,
+                              count_attention=not args.compile)
+            if args.profile:
+                row |= bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source,
+                                   style=style, profile=True, count_attention=not args.compile)
+            if args.count_ops:
+                row |= bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source,
+                                   style=style, count_ops=True, count_attention=not args.compile)
+            print(json.dumps(dict(common, mode=mode, batch=batch, steps=args.steps, warmup=args.warmup, **row)), flush=True)
+    for mode in full_modes:
+        for batch in args.batch:
+            row = bench_full_run(models, mode, batch, source=source, style=style, restarts=args.restarts)
+            print(json.dumps(dict(common, mode=mode, batch=batch, **row)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
