@@ -326,8 +326,8 @@ def translate_image(
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the look of the style image, keeping the source's structure.
 
-    Streams (results, x̂0 previews); results are best first, captioned with seed and scores. The UI's
-    faces preset (generator='ffhq') sets lambda_id=100 and restart_threshold=0.1: API callers pass them.
+    Yields (results best first, x̂0 previews). For the UI's faces preset, API callers choosing
+    generator='ffhq' also pass lambda_id=100 and restart_threshold=0.1.
     """
     settings = _settings(locals())
     yield from _outputs(_stream("image", generator, source, style, None, None, settings, progress))

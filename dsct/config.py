@@ -102,22 +102,16 @@ class TranslationConfig:
 
 
 # (low, high) inclusive numeric ranges; one table so the CLI, the app sliders and the errors agree.
+MAX_WEIGHT = 1e6
 RANGES: dict[str, tuple[float, float]] = {
     "steps": (2, 1000),
     "skip": (0, 999),
     "resample_repeats": (1, 50),
     "divergence_until": (-1, 999),
     "max_restarts": (0, 10),
-    "restart_threshold": (0.0, 1e6),
+    "restart_threshold": (0.0, MAX_WEIGHT),
     "n_cuts": (1, 64),
-    "lambda_ssim": (0.0, 1e6),
-    "lambda_contra": (0.0, 1e6),
-    "lambda_div": (0.0, 1e6),
-    "lambda_cls": (0.0, 1e6),
-    "lambda_l2": (0.0, 1e6),
-    "lambda_clip": (0.0, 1e6),
-    "lambda_range": (0.0, 1e6),
-    "lambda_id": (0.0, 1e6),
+    **{f"lambda_{name}": (0.0, MAX_WEIGHT) for name in ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id")},
     "size": (32, 1024),
     "max_long_side": (32, 2048),
     "samples": (1, MAX_SAMPLES),
