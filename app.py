@@ -548,7 +548,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 HOW_TO_GET_WEIGHTS = (
     "The app needs the weight files above. Get them once, while online, with `python -m dsct download` "
-    "(`python -m dsct download --list` shows each file and its DSCT_<NAME>_PATH variable for a local copy), "
+    "(`python -m dsct download --list` shows each file and its DSCT_<NAME>_PATH variable: the app reads a local "
+    "copy from those variables; the --*-path flags above belong to the CLI), "
     "serve only the generators you have with `--generators imagenet`, or try the interface without weights: "
     "`python app.py --tiny` (or DSCT_TINY=1; the output is then not meaningful).")
 
