@@ -35,6 +35,7 @@ from dsct import (
 )
 from dsct.config import RANGES, GeneratorName, Mode, ResizeMode
 from dsct.images import to_pil
+from dsct.pipeline import check_request
 from dsct.sampler import evaluations_per_attempt
 
 log = logging.getLogger("dsct.app")
@@ -71,7 +72,6 @@ WEIGHT_SLIDER_MAX = 10_000.0
 NUMBER_FIELDS = frozenset({"seed", "restart_threshold"})  # typed, not slid: their ranges span decades
 
 PREVIEW_EVERY = 5  # guided steps between x̂0 previews: the PNG round trip costs more than it shows
-STOP_WAIT_S = 10.0  # how long Stop waits for the running step to notice the cancellation
 MAX_QUEUE = 20
 CPU_FORWARD_S = 25  # README: one forward of the real 552M UNet on a 2-core CPU
 
@@ -225,9 +225,8 @@ def run_translation(generator: str, source: str | None, style: str | None, text:
             yield item
             if isinstance(item, Done):
                 return
-    finally:
+    finally:  # no join here: close() runs on the server's event loop; the thread ends at its next step
         stop.set()
-        thread.join(STOP_WAIT_S)
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -264,6 +263,7 @@ def _stream(mode: Mode, generator: str, source: str | None, style: str | None, t
                        print_exception=False)
     try:
         config = preset(mode, generator=generator, **settings)  # the one validator (ConfigError names the field)
+        check_request(config, source, text=text, source_text=source_text, style=style)  # before asking for a GPU
     except DSCTError as e:
         raise _user_error(e) from e
     if ON_ZERO_GPU and (need := gpu_seconds(generator, source, style, text, source_text, config)) > ZERO_GPU_MAX_S:

@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Sequence, get_args
 
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import PRESETS, DType, GeneratorName, ModelConfig, TranslationConfig, preset
-from .errors import DSCTError
+from .errors import DSCTError, ImageError
 
 __all__ = ["main", "build_parser"]
 
@@ -103,16 +104,21 @@ def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TranslationConfig]:
 def _device(name: str) -> torch.device | None:
     if name == "auto":
         return None
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DSCTError(f"--device {name}: no CUDA GPU is available here; use --device cpu (slow: see README figures)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise DSCTError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DSCTError(f"--device {name}: no CUDA GPU is available here; use --device cpu (slow: see README figures)")
+        if device.index is not None and device.index >= count:
+            raise DSCTError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def _run(args: argparse.Namespace, sources: list[Path]):
-    """Load models once, then yield (source, results) for each source."""
+    """Load models once, then yield (source, results or the ImageError that source raised)."""
     from .hub import load_models
     from .pipeline import translate
 
@@ -124,13 +130,17 @@ def _run(args: argparse.Namespace, sources: list[Path]):
     if models.tiny:
         print("note: tiny random models — outputs are not meaningful pictures", file=sys.stderr)
     for source in sources:
-        results = translate(models, source, text=args.text, source_text=args.source_text, style=args.style,
-                            config=config, seeds=args.seeds, progress=not args.quiet)
-        yield source, results
+        try:
+            yield source, translate(models, source, text=args.text, source_text=args.source_text, style=args.style,
+                                    config=config, seeds=args.seeds, progress=not args.quiet)
+        except ImageError as e:  # this source is unusable; a batch goes on with the next one
+            yield source, e
 
 
 def _numbered(path: Path, rank: int) -> Path:
-    return path if rank == 1 else path.with_name(f"{path.stem}-{rank}{path.suffix or '.png'}")
+    """OUT.png for the best sample, OUT-2.png … for the others; PNG when no suffix is given."""
+    path = path if path.suffix else path.with_suffix(".png")
+    return path if rank == 1 else path.with_name(f"{path.stem}-{rank}{path.suffix}")
 
 
 def _record(source: Path, output: Path, r) -> dict:
@@ -141,9 +151,14 @@ def _record(source: Path, output: Path, r) -> dict:
 def _cmd_translate(args: argparse.Namespace) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     for source, results in _run(args, [args.source]):
+        if isinstance(results, ImageError):
+            raise results
         for r in results:
             path = _numbered(args.output, r.rank)
-            r.image.save(path.with_suffix(path.suffix or ".png"), format="PNG")
+            try:
+                r.image.save(path)  # the format follows the suffix
+            except (ValueError, OSError) as e:
+                raise DSCTError(f"cannot write {path}: {e}") from e
             print(json.dumps(_record(source, path, r)))
     return 0
 
@@ -162,18 +177,25 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     log = args.output_dir / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    done = {row["source"] for row in rows if (args.output_dir / row["output"]).exists()}
+    done = {row["source"] for row in rows if "error" in row or (args.output_dir / row["output"]).exists()}
     sources = sorted(p for p in args.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in done)
     if not sources:
         print(f"nothing to do: {len(done)} image(s) already translated in {args.output_dir}", file=sys.stderr)
+    stems = Counter(p.stem for p in args.input_dir.iterdir())
     with log.open("a") as fh:
         for source, results in tqdm(_run(args, sources), total=len(sources), desc="images", disable=args.quiet):
-            for r in results:
-                out = args.output_dir / f"{source.stem}-{r.rank}.png"
-                r.image.save(out, format="PNG")
-                row = _record(source, out, r)
-                rows.append(row)
-                fh.write(json.dumps(row) + "\n")
+            if isinstance(results, ImageError):  # recorded, so a resumed run does not stop on it again
+                new = [{"source": source.name, "output": "", "error": str(results)}]
+                print(f"skipped {source.name}: {results}", file=sys.stderr)
+            else:
+                name = source.stem if stems[source.stem] == 1 else f"{source.stem}.{source.suffix.lstrip('.')}"
+                new = []
+                for r in results:
+                    out = args.output_dir / f"{name}-{r.rank}.png"
+                    r.image.save(out, format="PNG")
+                    new.append(_record(source, out, r))
+            rows += new
+            fh.writelines(json.dumps(row) + "\n" for row in new)
             fh.flush()
     _write_csv(rows, args.output_dir / "results.csv")
     return 0

@@ -44,7 +44,7 @@ class ModelConfig:
     generator: GeneratorName = "imagenet"
     clip_models: tuple[str, ...] = CLIP_CHOICES
     load_clip: bool = True
-    load_arcface: bool = False
+    load_arcface: bool | None = None  # None: load it with the faces generator, which uses the identity loss
     tiny: bool = False
     dtype: DType = "auto"
     grad_checkpointing: bool = False
@@ -151,6 +151,10 @@ def validate(cfg: ModelConfig | TranslationConfig) -> None:
 
 
 def _validate_models(cfg: ModelConfig) -> None:
+    if cfg.load_arcface is None:
+        object.__setattr__(cfg, "load_arcface", cfg.generator == "ffhq")
+    if not isinstance(cfg.load_arcface, bool):
+        raise ConfigError("load_arcface", cfg.load_arcface, "true, false or None (with the faces generator)")
     if isinstance(cfg.clip_models, list):
         object.__setattr__(cfg, "clip_models", tuple(cfg.clip_models))
     if not isinstance(cfg.clip_models, tuple) or not cfg.clip_models:
@@ -171,6 +175,8 @@ def _validate_translation(cfg: TranslationConfig) -> None:
     if cfg.size % 32 or cfg.max_long_side % 32:
         bad = "size" if cfg.size % 32 else "max_long_side"
         raise ConfigError(bad, getattr(cfg, bad), "a multiple of 32 (the UNet downsamples 5 times)")
+    if cfg.seed + cfg.samples > 2**63:
+        raise ConfigError("seed", cfg.seed, f"at most 2^63 - samples ({cfg.samples}): sample k uses seed + k")
     if cfg.max_long_side < cfg.size:
         raise ConfigError("max_long_side", cfg.max_long_side, f"at least size ({cfg.size})")
     if cfg.mode == "text" and cfg.lambda_clip == 0 and cfg.lambda_ssim == 0 and cfg.lambda_contra == 0:

@@ -22,7 +22,7 @@ from .arcface import face_crop
 from .config import TranslationConfig
 from .diffusion import Schedule, extract
 
-__all__ = ["FixedFeatures", "GuideState", "Guide", "build_guide", "vit_features"]
+__all__ = ["FixedFeatures", "GuideState", "Guide", "build_guide", "vit_features", "model_dtype"]
 
 
 @dataclass(frozen=True)
@@ -52,18 +52,19 @@ class GuideState:
         return GuideState(self.prev_cls[idx], self.prev_clip[idx], tuple(self.generators[k] for k in index))
 
 
-def _model_dtype(module: torch.nn.Module) -> torch.dtype:
+def model_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype a network's weights are stored in: inputs are cast to it, outputs back to fp32."""
     return next(module.parameters()).dtype
 
 
 def vit_features(vit: torch.nn.Module, x: Tensor):
     """ViT features of images in [-1,1], in fp32 whatever dtype the ViT is stored in."""
-    feats = vit((x * 0.5 + 0.5).to(_model_dtype(vit)))
+    feats = vit((x * 0.5 + 0.5).to(model_dtype(vit)))
     return type(feats)(*(f.float() for f in feats))
 
 
 def _identity(arcface: torch.nn.Module, x: Tensor) -> Tensor:
-    return arcface(face_crop(x).to(_model_dtype(arcface))).float()
+    return arcface(face_crop(x).to(model_dtype(arcface))).float()
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class Guide:
         if fixed.trg is not None and w["l2"] > 0:
             terms["l2"] = losses.pixel_l2_loss(x_in, fixed.trg)
         if self.clip is not None and fixed.clip_directions is not None and w["clip"] > 0:
-            x01 = (x_in * 0.5 + 0.5).to(_model_dtype(self.clip))
+            x01 = (x_in * 0.5 + 0.5).to(model_dtype(self.clip))
             embeds = [e.float() for e in self.clip.encode_views(x01, cfg.n_cuts, state.generators)]
             terms["clip"] = losses.clip_direction_loss(embeds, fixed.clip_directions)
             new_state = dataclasses.replace(new_state, prev_clip=terms["clip"].detach())
@@ -142,7 +143,7 @@ def build_guide(
     trg_cls = vit_features(vit, style).cls if style is not None else None
     directions = None
     if config.mode == "text" and clip is not None and config.lambda_clip > 0:
-        src01 = (src * 0.5 + 0.5).to(_model_dtype(clip))
+        src01 = (src * 0.5 + 0.5).to(model_dtype(clip))
         directions = [d.float() for d in clip.text_directions(text or "", source_text or "", src01)]
     identity = _identity(arcface, src) if arcface is not None and config.lambda_id > 0 else None
     fixed = FixedFeatures(

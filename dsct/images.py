@@ -38,6 +38,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB, scaling 16/32-bit and float data by their own range."""
     if img.mode == "RGB":
         return img
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: over white is colour + (1 - alpha)·white
+        a = np.asarray(Image.frombytes(img.mode.upper(), img.size, img.tobytes()), dtype=np.float64)
+        over = np.clip(a[..., :-1] + (255.0 - a[..., -1:]), 0, 255).round().astype(np.uint8)
+        return Image.fromarray(over[..., 0] if img.mode == "La" else over, "L" if img.mode == "La" else "RGB").convert("RGB")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
@@ -107,7 +111,10 @@ def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
         raise ImageError(f"{name} is {image.width}x{image.height}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted")
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"{name} is {image.width}x{image.height}; each side must be at least {MIN_SIDE} pixels")
-    return _to_rgb(image)
+    try:
+        return _to_rgb(image)
+    except (ValueError, OSError) as e:  # a mode PIL cannot convert
+        raise ImageError(f"{name}: cannot convert image mode {image.mode!r} to RGB ({e})") from e
 
 
 def working_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:

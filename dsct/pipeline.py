@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from PIL import Image
 
 from . import images
 from .clip import prompt_tokens
-from .config import MAX_TEXT_CHARS, TranslationConfig, preset
+from .config import MAX_SAMPLES, MAX_TEXT_CHARS, TranslationConfig, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
 from .guidance import build_guide
@@ -24,7 +24,7 @@ from .hub import Models
 from .sampler import StepEvent, sample_guided
 from .scoring import rank_order, score_samples
 
-__all__ = ["Result", "translate", "check_text", "schedule_for"]
+__all__ = ["Result", "Request", "translate", "check_request", "check_text", "schedule_for"]
 
 CONTEXT_TOKENS = 77  # CLIP's text context length
 
@@ -61,9 +61,35 @@ def check_text(name: str, text: str | None, *, required: bool = True) -> str:
     if any(ord(c) < 32 and c not in "\t\n" for c in text):
         raise ConfigError(name, text, "printable text without control characters")
     text = " ".join(text.split())
-    if prompt_tokens(text) > CONTEXT_TOKENS:
-        raise ConfigError(name, text[:40] + "…", f"a shorter text: CLIP reads {CONTEXT_TOKENS} tokens, this prompt needs {prompt_tokens(text)}")
+    if (tokens := prompt_tokens(text)) > CONTEXT_TOKENS:
+        raise ConfigError(name, text[:40] + "…", f"a shorter text: CLIP reads {CONTEXT_TOKENS} tokens, this prompt needs {tokens}")
     return text
+
+
+class Request(NamedTuple):
+    """A checked request: decoded RGB images and normalised prompts (None where the mode has none)."""
+
+    source: Image.Image
+    style: Image.Image | None
+    text: str | None
+    source_text: str | None
+
+
+def check_request(
+    config: TranslationConfig, source: images.ImageInput, *, text: str | None = None,
+    source_text: str | None = None, style: images.ImageInput | None = None,
+) -> Request:
+    """Everything about a request that needs no model, so a server can refuse it before taking a GPU."""
+    if config.mode == "image" and style is None:
+        raise ImageError("image-guided translation needs a style image; none was given")
+    if config.mode == "text":
+        if style is not None:
+            raise ConfigError("mode", config.mode, "'image' when a style image is given")
+        text, source_text = check_text("text", text), check_text("source_text", source_text)
+    else:
+        text = source_text = None
+    src = images.load_image(source, name="source image")
+    return Request(src, None if style is None else images.load_image(style, name="style image"), text, source_text)
 
 
 def _check_models(models: Models, config: TranslationConfig) -> None:
@@ -91,32 +117,22 @@ def translate(
     ``StepEvent`` after every guided step and may raise ``Cancelled``. Same seed, settings and
     device give the same images.
     """
-    # 1. check inputs
+    # 1.–2. check inputs, decode the images
     mode = "image" if style is not None else "text"
     config = config or preset(mode, generator=models.config.generator)
-    if config.mode == "image" and style is None:
-        raise ImageError("image-guided translation needs a style image; none was given")
-    if config.mode == "text":
-        if style is not None:
-            raise ConfigError("mode", config.mode, "'image' when a style image is given")
-        text = check_text("text", text)
-        source_text = check_text("source_text", source_text)
+    request = check_request(config, source, text=text, source_text=source_text, style=style)
     _check_models(models, config)
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(config.samples)]
-    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in seeds):
-        raise ConfigError("seeds", seeds, "a non-empty list of integers in [0, 2^63)")
+    if not 0 < len(seeds) <= MAX_SAMPLES or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in seeds):
+        raise ConfigError("seeds", seeds, f"a list of 1 to {MAX_SAMPLES} integers in [0, 2^63)")
+    text, source_text = request.text, request.source_text
 
-    # 2. prepare images: source at the working size, style covering the same size
-    src_img = images.load_image(source, name="source image")
+    # source at the working size, style covering the same size
     size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
-    work_w, work_h = images.working_size(*src_img.size, **size_kw)
-    out_size = images.output_size(*src_img.size, **size_kw)
-    device = models.device
-    x_src = images.to_tensor(images.fit_to(src_img, work_w, work_h)).to(device)
-    x_style = None
-    if style is not None:
-        style_img = images.load_image(style, name="style image")
-        x_style = images.to_tensor(images.fit_to(style_img, work_w, work_h)).to(device)
+    work_w, work_h = images.working_size(*request.source.size, **size_kw)
+    out_size = images.output_size(*request.source.size, **size_kw)
+    x_src, x_style = (None if img is None else images.to_tensor(images.fit_to(img, work_w, work_h)).to(models.device)
+                      for img in (request.source, request.style))
 
     # 3. fixed features, once per call
     schedule = schedule_for(config.steps)

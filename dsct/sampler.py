@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .diffusion import Schedule, model_timesteps, p_mean_variance, q_sample, renoise
-from .guidance import Guide, GuideState
+from .guidance import Guide, GuideState, model_dtype
 
 __all__ = ["StepEvent", "SampleOutput", "randn", "guided_step", "sample_guided", "evaluations_per_attempt"]
 
@@ -54,8 +54,7 @@ def evaluations_per_attempt(t_start: int, repeats: int) -> int:
 def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor, state: GuideState):
     """One UNet pass with grad: μ' = μ + σ²·g with g = −∂L/∂x_t (Sohl-Dickstein mean shift)."""
     x = x.detach().requires_grad_(True)
-    dtype = next(unet.parameters()).dtype
-    out = unet(x.to(dtype), model_timesteps(schedule, i).to(x.device)).float()
+    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i).to(x.device)).float()
     mv = p_mean_variance(schedule, out, x, i)
     loss, terms, state = guide(x, mv.x0_pred, i, state)
     # all weights zero (unguided): no graph to differentiate, the gradient is zero

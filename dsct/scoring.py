@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import losses
-from .guidance import FixedFeatures, vit_features
+from .guidance import FixedFeatures, model_dtype, vit_features
 
 __all__ = ["Scores", "score_samples", "rank_order"]
 
@@ -34,7 +34,7 @@ def score_samples(x: Tensor, fixed: FixedFeatures, *, vit: torch.nn.Module, clip
     if fixed.trg_cls is not None:
         target = F.cosine_similarity(feats.cls, fixed.trg_cls.expand_as(feats.cls), dim=-1)
     elif clip is not None and text:
-        x01 = (x * 0.5 + 0.5).to(next(clip.parameters()).dtype)
+        x01 = (x * 0.5 + 0.5).to(model_dtype(clip))
         target = clip.text_similarity(x01, text).float()
     else:
         target = torch.zeros_like(content)

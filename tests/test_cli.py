@@ -53,17 +53,22 @@ def test_batch_writes_results_and_resumes(tmp_path, capsys):
     for k in range(2):
         picture(seed=k).save(inputs / f"img{k}.png")
     (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.png").write_bytes(b"not a png")  # unusable: recorded and skipped, the batch goes on
+    picture(seed=7).save(inputs / "img0.jpg")  # same stem as img0.png: both outputs kept
     out = tmp_path / "out"
     args = ["batch", str(inputs), "--text", "Tiger", "--source-text", "Cat", "-o", str(out), *SMALL_FLAGS]
     assert main(args) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert sorted(r["source"] for r in rows) == ["img0.png", "img1.png"]
-    assert (out / "img0-1.png").exists() and (out / "results.csv").read_text().startswith("content_score")
+    assert sorted(r["source"] for r in rows) == ["broken.png", "img0.jpg", "img0.png", "img1.png"]
+    assert "cannot read" in next(r["error"] for r in rows if r["source"] == "broken.png")
+    assert (out / "img0.png-1.png").exists() and (out / "img0.jpg-1.png").exists() and (out / "img1-1.png").exists()
+    assert (out / "results.csv").read_text().startswith("content_score")
     picture(seed=5).save(inputs / "img2.png")
     capsys.readouterr()
     assert main(args) == 0  # resumes: only the new image is translated
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["source"] for r in rows].count("img0.png") == 1 and len(rows) == 3
+    assert [r["source"] for r in rows].count("img0.png") == 1 and [r["source"] for r in rows].count("broken.png") == 1
+    assert len(rows) == 5
 
 
 @pytest.mark.parametrize(
@@ -74,6 +79,9 @@ def test_batch_writes_results_and_resumes(tmp_path, capsys):
         (["translate", "src.png", "--text", "T", "--source-text", "S", "-o", "o.png", "--tiny", "--skip", "500"], "skip=500"),
         (["translate", "src.png", "--text", "T", "--source-text", "S", "-o", "o.png", "--tiny", "--lambda-clip", "-1"], "lambda_clip"),
         (["translate", "src.png", "--text", "T", "--source-text", "S", "-o", "o.png", "--device", "cuda:0"], "no CUDA GPU"),
+        (["translate", "src.png", "--text", "T", "--source-text", "S", "-o", "o.png", "--device", "tpu9"], "not a device name"),
+        (["translate", "src.png", "--text", "T", "--source-text", "S", "-o", "o.xyz", "--tiny", "--size", "64",
+          "--max-long-side", "64", "--steps", "4", "--skip", "1", "--quiet"], "cannot write"),
         (["batch", "no-such-dir", "--text", "T", "--source-text", "S", "-o", "out", "--tiny"], "input folder not found"),
     ],
 )

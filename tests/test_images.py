@@ -18,7 +18,7 @@ def _gradient(w: int, h: int) -> Image.Image:
     return Image.fromarray(a)
 
 
-@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "1", "P", "CMYK", "I;16", "I", "F", "YCbCr"])
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "La", "RGBa", "L", "1", "P", "CMYK", "I;16", "I", "F", "YCbCr", "HSV", "LAB"])
 def test_modes_become_rgb(mode):
     img = _gradient(40, 30)
     if mode == "I;16":
