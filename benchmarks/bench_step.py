@@ -46,7 +46,7 @@ from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models  # noqa: E4
 from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
 from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
-from dsct.pipeline import schedule_for, translate  # noqa: E402
+from dsct.pipeline import prepare_images, schedule_for, translate  # noqa: E402
 from dsct.sampler import StepEvent, sample_guided  # noqa: E402
 from dsct.unet import MODEL_CONFIGS, UNet, build_unet  # noqa: E402
 from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
@@ -133,13 +133,6 @@ def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray((img * 255).astype(np.uint8))
 
 
-def working_tensor(img: Image.Image, config: TranslationConfig, device: torch.device) -> torch.Tensor:
-    """The pipeline's own preparation: fit to the working size, (1,3,h,w) in [-1,1]."""
-    kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
-    w, h = images.working_size(*img.size, **kw)
-    return images.to_tensor(images.fit_to(img, w, h)).to(device)
-
-
 # --- measurements --------------------------------------------------------------------------
 
 
@@ -219,8 +212,7 @@ def bench_steps(
     t_start = warmup + steps - 1
     if t_start >= schedule.num_steps:
         raise SystemExit(f"--steps + --warmup must be at most {schedule.num_steps} in {mode} mode")
-    x_src = working_tensor(source, config, device)
-    x_style = working_tensor(style, config, device) if mode == "image" else None
+    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, device)
 
     _reset_peak(device)
     counter = watch_models(models, attention_runs=count_attention)

@@ -178,10 +178,11 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     log = args.output_dir / "results.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
     done = {row["source"] for row in rows if "error" in row or (args.output_dir / row["output"]).exists()}
-    sources = sorted(p for p in args.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.name not in done)
+    inputs = sorted(p for p in args.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    sources = [p for p in inputs if p.name not in done]
     if not sources:
         print(f"nothing to do: {len(done)} image(s) already translated in {args.output_dir}", file=sys.stderr)
-    stems = Counter(p.stem for p in args.input_dir.iterdir())
+    stems = Counter(p.stem for p in inputs)  # a stem shared by two images keeps its suffix in the output name
     with log.open("a") as fh:
         for source, results in tqdm(_run(args, sources), total=len(sources), desc="images", disable=args.quiet):
             if isinstance(results, ImageError):  # recorded, so a resumed run does not stop on it again

@@ -38,10 +38,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB, scaling 16/32-bit and float data by their own range."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("La", "RGBa"):  # premultiplied alpha: over white is colour + (1 - alpha)·white
-        a = np.asarray(Image.frombytes(img.mode.upper(), img.size, img.tobytes()), dtype=np.float64)
-        over = np.clip(a[..., :-1] + (255.0 - a[..., -1:]), 0, 255).round().astype(np.uint8)
-        return Image.fromarray(over[..., 0] if img.mode == "La" else over, "L" if img.mode == "La" else "RGB").convert("RGB")
+    if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL un-premultiplies to LA / RGBA
+        return _flatten_alpha(img.convert(img.mode.upper()))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         return _flatten_alpha(img)
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):

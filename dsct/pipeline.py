@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import images
 from .clip import prompt_tokens
-from .config import MAX_SAMPLES, MAX_TEXT_CHARS, TranslationConfig, preset
+from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
 from .guidance import build_guide
@@ -24,7 +24,7 @@ from .hub import Models
 from .sampler import StepEvent, sample_guided
 from .scoring import rank_order, score_samples
 
-__all__ = ["Result", "Request", "translate", "check_request", "check_text", "schedule_for"]
+__all__ = ["Result", "Request", "translate", "check_request", "check_text", "prepare_images", "schedule_for"]
 
 CONTEXT_TOKENS = 77  # CLIP's text context length
 
@@ -92,6 +92,18 @@ def check_request(
     return Request(src, None if style is None else images.load_image(style, name="style image"), text, source_text)
 
 
+def prepare_images(
+    config: TranslationConfig, source: Image.Image, style: Image.Image | None, device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
+    """Source at the working size and the style image covering that same size, both (1,3,H,W) in
+    [-1,1] on ``device``, and the (W, H) the results are returned at."""
+    size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
+    work_w, work_h = images.working_size(*source.size, **size_kw)
+    x_src, x_style = (None if img is None else images.to_tensor(images.fit_to(img, work_w, work_h)).to(device)
+                      for img in (source, style))
+    return x_src, x_style, images.output_size(*source.size, **size_kw)
+
+
 def _check_models(models: Models, config: TranslationConfig) -> None:
     if config.mode == "text" and config.lambda_clip > 0 and models.clip is None:
         raise ConfigError("lambda_clip", config.lambda_clip, "0 unless the CLIP models are loaded (load_clip=True)")
@@ -123,16 +135,11 @@ def translate(
     request = check_request(config, source, text=text, source_text=source_text, style=style)
     _check_models(models, config)
     seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(config.samples)]
-    if not 0 < len(seeds) <= MAX_SAMPLES or any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**63 for s in seeds):
+    if not 0 < len(seeds) <= MAX_SAMPLES or any(not isinstance(s, int) or isinstance(s, bool) or not RANGES["seed"][0] <= s <= RANGES["seed"][1] for s in seeds):
         raise ConfigError("seeds", seeds, f"a list of 1 to {MAX_SAMPLES} integers in [0, 2^63)")
     text, source_text = request.text, request.source_text
 
-    # source at the working size, style covering the same size
-    size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
-    work_w, work_h = images.working_size(*request.source.size, **size_kw)
-    out_size = images.output_size(*request.source.size, **size_kw)
-    x_src, x_style = (None if img is None else images.to_tensor(images.fit_to(img, work_w, work_h)).to(models.device)
-                      for img in (request.source, request.style))
+    x_src, x_style, out_size = prepare_images(config, request.source, request.style, models.device)
 
     # 3. fixed features, once per call
     schedule = schedule_for(config.steps)
