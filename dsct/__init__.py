@@ -11,7 +11,7 @@ Load the networks once with ``load_models``, then call ``translate`` as often as
 from .config import (
     IMAGE_FAST_PRESET, IMAGE_PRESET, PRESETS, TEXT_FAST_PRESET, TEXT_PRESET, ModelConfig, TranslationConfig, preset,
 )
-from .errors import Cancelled, ChecksumError, ConfigError, DSCTError, ImageError, WeightsNotFound
+from .errors import Cancelled, ChecksumError, ConfigError, DSCTError, ImageError, TimeLimitExceeded, WeightsNotFound
 from .hub import Models, load_models
 from .pipeline import Result, translate
 from .sampler import StepEvent
@@ -21,4 +21,5 @@ __all__ = [
     "TranslationConfig", "ModelConfig", "preset", "PRESETS",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "DSCTError", "ConfigError", "ImageError", "WeightsNotFound", "ChecksumError", "Cancelled",
+    "TimeLimitExceeded",
 ]

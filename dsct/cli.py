@@ -1,25 +1,34 @@
 """``python -m dsct``: translate one image, a folder of images, or download the weights.
 
 Every TranslationConfig field is a flag of the same name (kebab-case); a flag left out keeps the
-preset's value. Errors are one line on stderr and exit status 2 (130 on Ctrl-C).
+preset's value. Everything that needs no model (settings, prompts, images, output names) is
+checked before the models load. Errors are one line on stderr and exit status 2 (130 on Ctrl-C).
+Batch bookkeeping (resume, atomic writes) lives in ``batch.py``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
+import os
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Sequence, get_args
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
+from . import hub
+from .batch import (
+    CSV_NAME, LOG_NAME, ResumePlan, append_rows, image_format, output_stems, plan_resume, read_log, save_image, write_csv,
+    write_log,
+)
 from .config import PRESETS, DType, GeneratorName, ModelConfig, TranslationConfig, preset
 from .errors import DSCTError, ImageError
+from .images import MIN_SIDE
+from .pipeline import Request, Result, check_request, translate
 
 __all__ = ["main", "build_parser"]
 
@@ -79,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     many = sub.add_parser("batch", help="translate every image of a folder (resumes where it stopped)", formatter_class=fmt)
     many.add_argument("input_dir", type=Path, help="folder of source images")
     many.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for outputs and results.jsonl / results.csv")
+    many.add_argument("--retry-errors", action="store_true",
+                      help="translate again the sources recorded as errors (by default a resumed run skips them)")
     for p in (one, many):
         _add_guidance_flags(p)
         _add_config_flags(p)
@@ -117,24 +128,54 @@ def _device(name: str) -> torch.device | None:
     return device
 
 
-def _run(args: argparse.Namespace, sources: list[Path]):
-    """Load models once, then yield (source, results or the ImageError that source raised)."""
-    from .hub import load_models
-    from .pipeline import translate
+def _make_dir(path: Path) -> None:
+    """Create an output folder, or say in one line why it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise DSCTError(f"{path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DSCTError(f"cannot create the folder {path}: {e.strerror or e}") from e
 
-    model_cfg, config = _configs(args)
-    for path in (*sources, args.style):
-        if path is not None and not path.is_file():
-            raise DSCTError(f"image file not found: {path}")
-    models = load_models(model_cfg, _device(args.device))
+
+def _check_file(path: Path, name: str) -> None:
+    """Say what a path that is not a file is (a folder, a broken link, nothing), not just "not found"."""
+    if path.is_file():
+        return
+    if path.is_dir():
+        raise ImageError(f"{name}: {path} is a folder, not an image file")
+    if path.is_symlink():
+        raise ImageError(f"{name}: {path} is a broken link (to {os.readlink(path)}, which does not exist)")
+    raise ImageError(f"{name}: {path} is not a regular file" if path.exists() else f"{name}: file not found: {path}")
+
+
+def _check_inputs(args: argparse.Namespace, config: TranslationConfig, source: Path | None) -> Request:
+    """Prompts, the style image and (translate) the source, checked and decoded before any model loads.
+
+    A batch passes no source: a blank stand-in takes its place here, and each source is checked
+    when its turn comes, so that one unusable file becomes an error row instead of stopping the batch.
+    """
+    for path, name in ((source, "source image"), (args.style, "style image")):
+        if path is not None:
+            _check_file(path, name)
+    stand_in = Image.new("RGB", (MIN_SIDE, MIN_SIDE))
+    return check_request(config, source if source is not None else stand_in, text=args.text,
+                         source_text=args.source_text, style=args.style)
+
+
+def _load_models(args: argparse.Namespace, model_cfg: ModelConfig) -> hub.Models:
+    """The networks, once: called only after every check that needs no model has passed."""
+    models = hub.load_models(model_cfg, _device(args.device))
     if models.tiny:
         print("note: tiny random models — outputs are not meaningful pictures", file=sys.stderr)
-    for source in sources:
-        try:
-            yield source, translate(models, source, text=args.text, source_text=args.source_text, style=args.style,
-                                    config=config, seeds=args.seeds, progress=not args.quiet)
-        except ImageError as e:  # this source is unusable; a batch goes on with the next one
-            yield source, e
+    return models
+
+
+def _translate(models: hub.Models, request: Request, source: Image.Image | Path, config: TranslationConfig,
+               args: argparse.Namespace) -> list[Result]:
+    """``pipeline.translate`` with the checked prompts and the style image decoded once."""
+    return translate(models, source, text=request.text, source_text=request.source_text, style=request.style,
+                     config=config, seeds=args.seeds, progress=not args.quiet)
 
 
 def _numbered(path: Path, rank: int) -> Path:
@@ -143,68 +184,104 @@ def _numbered(path: Path, rank: int) -> Path:
     return path if rank == 1 else path.with_name(f"{path.stem}-{rank}{path.suffix}")
 
 
-def _record(source: Path, output: Path, r) -> dict:
+def _record(source: Path, output: Path, r: Result) -> dict:
+    """One output's row: what translate prints and what batch logs (``source`` first: batch.py reads it)."""
     return {"source": source.name, "output": output.name, "rank": r.rank, "seed": r.seed, "content_score": r.content_score,
             "target_score": r.target_score, "restarts": r.restarts, "tiny": r.tiny, **{f"loss_{k}": v for k, v in r.terms.items()}}
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    for source, results in _run(args, [args.source]):
-        if isinstance(results, ImageError):
-            raise results
-        for r in results:
-            path = _numbered(args.output, r.rank)
-            try:
-                r.image.save(path)  # the format follows the suffix
-            except (ValueError, OSError) as e:
-                raise DSCTError(f"cannot write {path}: {e}") from e
-            print(json.dumps(_record(source, path, r)))
+    model_cfg, config = _configs(args)
+    request = _check_inputs(args, config, args.source)
+    image_format(_numbered(args.output, 1))  # an unknown suffix is refused before the work, not after it
+    _make_dir(args.output.parent)
+    for r in _translate(_load_models(args, model_cfg), request, request.source, config, args):
+        path = _numbered(args.output, r.rank)
+        save_image(r.image, path)
+        print(json.dumps(_record(args.source, path, r)))
     return 0
 
 
-def _write_csv(rows: list[dict], path: Path) -> None:
-    names = sorted({k for row in rows for k in row}, key=lambda k: (k.startswith("loss_"), k))
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(rows)
+def _list_inputs(folder: Path) -> list[Path]:
+    """The folder's entries with an image suffix, sorted; folders and broken links among them stay,
+    to be recorded as errors."""
+    if not folder.is_dir():
+        raise DSCTError(f"{folder} is a file, not a folder of images (use translate for one image)" if folder.exists()
+                        else f"input folder not found: {folder}")
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as e:
+        raise DSCTError(f"cannot list {folder}: {e.strerror or e}") from e
+
+
+def _resume(args: argparse.Namespace, inputs: list[Path], samples: int) -> ResumePlan:
+    """Read the log back, report the lines it cannot use, decide what to redo, and rewrite the log
+    with only the rows kept (so appending starts after a whole line)."""
+    log = args.output_dir / LOG_NAME
+    rows, problems = read_log(log)
+    if problems:
+        lines = ", ".join(str(p.line) for p in problems)
+        reasons = "; ".join(sorted({p.reason for p in problems}))
+        print(f"warning: {log}: dropped line{'s' * (len(problems) > 1)} {lines} ({reasons}); "
+              "the images they were about are translated again", file=sys.stderr)
+    present = {p.name for p in args.output_dir.iterdir() if p.is_file()}
+    plan = plan_resume(rows, problems, [p.name for p in inputs], present, samples=samples, retry_errors=args.retry_errors)
+    write_log(log, plan.rows)
+    return plan
+
+
+def _resume_note(plan: ResumePlan, inputs: list[Path], args: argparse.Namespace) -> str | None:
+    """What a run found already done; failures are counted apart, with the flag that retries them."""
+    if not inputs:
+        return f"nothing to do: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input_dir}"
+    if not plan.translated and not plan.failed:
+        return None
+    found = f"{plan.translated} translated"
+    if plan.failed:
+        found += f", {plan.failed} recorded as error (use --retry-errors)"
+    lead = f"{len(plan.todo)} to translate" if plan.todo else "nothing to do"
+    return f"{lead} in {args.output_dir}: already {found}"
+
+
+def _batch_source(models: hub.Models, request: Request, config: TranslationConfig, args: argparse.Namespace,
+                  source: Path, stem: str) -> list[dict]:
+    """Translate one source of a batch and save its outputs; an unusable file becomes an error row."""
+    try:
+        _check_file(source, "source image")
+        results = _translate(models, request, source, config, args)
+    except ImageError as e:  # recorded, so a resumed run does not stop on it again
+        print(f"skipped {source.name}: {e}", file=sys.stderr)
+        return [{"source": source.name, "output": "", "error": str(e)}]
+    rows = []
+    for r in results:
+        path = args.output_dir / f"{stem}-{r.rank}.png"
+        save_image(r.image, path)
+        rows.append(_record(source, path, r))
+    return rows
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    if not args.input_dir.is_dir():
-        raise DSCTError(f"input folder not found: {args.input_dir}")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    log = args.output_dir / "results.jsonl"
-    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
-    done = {row["source"] for row in rows if "error" in row or (args.output_dir / row["output"]).exists()}
-    inputs = sorted(p for p in args.input_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    sources = [p for p in inputs if p.name not in done]
-    if not sources:
-        print(f"nothing to do: {len(done)} image(s) already translated in {args.output_dir}", file=sys.stderr)
-    stems = Counter(p.stem for p in inputs)  # a stem shared by two images keeps its suffix in the output name
-    with log.open("a") as fh:
-        for source, results in tqdm(_run(args, sources), total=len(sources), desc="images", disable=args.quiet):
-            if isinstance(results, ImageError):  # recorded, so a resumed run does not stop on it again
-                new = [{"source": source.name, "output": "", "error": str(results)}]
-                print(f"skipped {source.name}: {results}", file=sys.stderr)
-            else:
-                name = source.stem if stems[source.stem] == 1 else f"{source.stem}.{source.suffix.lstrip('.')}"
-                new = []
-                for r in results:
-                    out = args.output_dir / f"{name}-{r.rank}.png"
-                    r.image.save(out, format="PNG")
-                    new.append(_record(source, out, r))
+    inputs = _list_inputs(args.input_dir)
+    model_cfg, config = _configs(args)
+    request = _check_inputs(args, config, None)
+    _make_dir(args.output_dir)
+    plan = _resume(args, inputs, samples=len(args.seeds) if args.seeds else config.samples)
+    if note := _resume_note(plan, inputs, args):
+        print(note, file=sys.stderr)
+    rows, todo = list(plan.rows), set(plan.todo)
+    sources = [p for p in inputs if p.name in todo]
+    if sources:
+        models = _load_models(args, model_cfg)
+        stems = output_stems([p.name for p in inputs])  # a stem shared by two images keeps its suffix
+        for source in tqdm(sources, desc="images", disable=args.quiet):
+            new = _batch_source(models, request, config, args, source, stems[source.name])
+            append_rows(args.output_dir / LOG_NAME, new)
             rows += new
-            fh.writelines(json.dumps(row) + "\n" for row in new)
-            fh.flush()
-    _write_csv(rows, args.output_dir / "results.csv")
+    write_csv(args.output_dir / CSV_NAME, rows)
     return 0
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from . import hub
-
     if args.list:
         for name, entry in hub.WEIGHTS.items():
             print(f"{name}\t{entry.repo_id}/{entry.filename}\t{entry.size_bytes / 1e6:.0f} MB\t{entry.env_var}")

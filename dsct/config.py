@@ -18,7 +18,7 @@ __all__ = [
     "Mode", "GeneratorName", "ResizeMode", "DType", "ClipName",
     "CLIP_CHOICES", "ModelConfig", "TranslationConfig", "PRESETS", "preset", "validate",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
-    "MAX_SAMPLES", "MAX_TEXT_CHARS",
+    "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
 ]
 
 Mode = Literal["text", "image"]
@@ -120,6 +120,23 @@ RANGES: dict[str, tuple[float, float]] = {
 MAX_GUIDED_EVALUATIONS = 5000  # steps after skip plus repeats: bounds the work one call can ask for
 
 
+def _format_number(value: float) -> str:
+    """A range bound as people write it: 2^63 − 1 or 2^40 for big powers of two, plain digits otherwise."""
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:g}"
+    n = int(value)
+    if n > 2**32 and n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    if n > 2**32 and n & (n + 1) == 0:
+        return f"2^{n.bit_length()} − 1"
+    return str(n)
+
+
+def format_range(low: float, high: float) -> str:
+    """An inclusive range for messages, e.g. [0, 2^63 − 1] (``:g`` would print 9.22337e+18)."""
+    return f"[{_format_number(low)}, {_format_number(high)}]"
+
+
 def _check_choice(name: str, value: object, kind: object) -> None:
     choices = get_args(kind)
     if value not in choices:
@@ -139,9 +156,9 @@ def validate(cfg: ModelConfig | TranslationConfig) -> None:
             low, high = RANGES[f.name]
             is_int = f.type == "int"
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (is_int and not float(value).is_integer()):
-                raise ConfigError(f.name, value, f"{'an integer' if is_int else 'a number'} in [{low:g}, {high:g}]")
+                raise ConfigError(f.name, value, f"{'an integer' if is_int else 'a number'} in {format_range(low, high)}")
             if not math.isfinite(value) or not low <= value <= high:
-                raise ConfigError(f.name, value, f"a value in [{low:g}, {high:g}]")
+                raise ConfigError(f.name, value, f"a value in {format_range(low, high)}")
             if is_int and not isinstance(value, int):
                 object.__setattr__(cfg, f.name, int(value))
     if isinstance(cfg, ModelConfig):
@@ -171,12 +188,14 @@ def _validate_translation(cfg: TranslationConfig) -> None:
         raise ConfigError("skip", cfg.skip, f"fewer than steps ({cfg.steps}); skip {cfg.steps - 1} leaves a single step")
     work = cfg.t_start + cfg.resample_repeats
     if work > MAX_GUIDED_EVALUATIONS:
-        raise ConfigError("steps", cfg.steps, f"at most {MAX_GUIDED_EVALUATIONS} guided evaluations per sample (steps - skip + resample_repeats); asked for {work}")
+        raise ConfigError("steps", cfg.steps, f"at most {MAX_GUIDED_EVALUATIONS} guided evaluations per sample (steps - skip - 1 + resample_repeats); asked for {work}")
     if cfg.size % 32 or cfg.max_long_side % 32:
         bad = "size" if cfg.size % 32 else "max_long_side"
         raise ConfigError(bad, getattr(cfg, bad), "a multiple of 32 (the UNet downsamples 5 times)")
-    if cfg.seed + cfg.samples > 2**63:
-        raise ConfigError("seed", cfg.seed, f"at most 2^63 - samples ({cfg.samples}): sample k uses seed + k")
+    seed_low, seed_high = RANGES["seed"]
+    if cfg.seed + cfg.samples - 1 > seed_high:
+        raise ConfigError("seed", cfg.seed, f"a value in {format_range(seed_low, seed_high - cfg.samples + 1)} with "
+                          f"samples={cfg.samples}: sample k uses seed + k, which must stay in {format_range(seed_low, seed_high)}")
     if cfg.max_long_side < cfg.size:
         raise ConfigError("max_long_side", cfg.max_long_side, f"at least size ({cfg.size})")
     if cfg.mode == "text" and cfg.lambda_clip == 0 and cfg.lambda_ssim == 0 and cfg.lambda_contra == 0:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["DSCTError", "ConfigError", "ImageError", "WeightsNotFound", "ChecksumError", "Cancelled"]
+__all__ = ["DSCTError", "ConfigError", "ImageError", "WeightsNotFound", "HubUnreachable", "ChecksumError", "Cancelled",
+           "TimeLimitExceeded"]
 
 
 class DSCTError(Exception):
@@ -25,9 +26,17 @@ class WeightsNotFound(DSCTError, FileNotFoundError):
     """A checkpoint is not on disk and cannot be downloaded (offline, or no network)."""
 
 
+class HubUnreachable(WeightsNotFound):
+    """A checkpoint had to be downloaded and the Hugging Face Hub gave no answer (no network, proxy, firewall)."""
+
+
 class ChecksumError(DSCTError):
     """A checkpoint file does not have the sha256 the registry expects."""
 
 
 class Cancelled(DSCTError):
     """Raised from a progress callback to stop sampling between two steps."""
+
+
+class TimeLimitExceeded(DSCTError):
+    """The run's deadline (a GPU time budget) came before any sample finished."""

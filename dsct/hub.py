@@ -12,6 +12,7 @@ Environment variables read here (and nowhere else in dsct):
                     DSCT_DINO_VITB8_PATH, DSCT_CLIP_RN50_PATH (…_RN50X4, _VIT_B_32, _RN50X16, _VIT_B_16),
                     DSCT_ARCFACE_IR_SE50_PATH
   HF_HUB_OFFLINE    no downloads; also honoured when set after huggingface_hub was imported
+  HF_HUB_ETAG_TIMEOUT  when set, the seconds the first request to the Hub may take (default 5 s here)
   XDG_CACHE_HOME    where sha256 verifications are remembered (default ~/.cache/dsct/verified)
 huggingface_hub itself reads HF_HOME / HF_HUB_CACHE (the cache location) and HF_TOKEN.
 """
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import huggingface_hub
-from huggingface_hub.errors import EntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 import open_clip
 import safetensors.torch
 import timm
@@ -39,19 +40,20 @@ from torch import Tensor, nn
 from .arcface import build_arcface
 from .clip import OPENAI_MODELS, PRETRAINED_TAG, TINY_CONFIGS, ClipEnsemble, build_clip_models
 from .config import ModelConfig
-from .errors import ChecksumError, ConfigError, DSCTError, WeightsNotFound
+from .errors import ChecksumError, ConfigError, DSCTError, HubUnreachable, WeightsNotFound
 from .unet import UNet, build_unet, checkpoint_filter_fn
 from .vit import DINO_NAME, VIT_CONFIGS, DinoFeatures, build_vit
 
 __all__ = [
     "WeightFile", "WEIGHTS", "UNET_WEIGHTS", "CLIP_WEIGHTS", "TINY_SEED", "Models",
     "DTYPES", "resolve", "load_state_dict", "verify_sha256", "compute_dtype",
-    "load_unet", "load_vit", "load_clip_model", "load_arcface", "load_models", "download",
+    "load_unet", "load_vit", "load_clip_model", "load_arcface", "load_models", "download", "prefetch",
 ]
 
 TINY_SEED = 0  # tiny random models: the same weights on every call
 _CHUNK = 1 << 24  # bytes read per sha256 update
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBE_TIMEOUT_S = 5.0  # the one quick request that tells a reachable Hub from none (HF_HUB_ETAG_TIMEOUT overrides)
 
 
 @dataclass(frozen=True)
@@ -173,19 +175,28 @@ def _offline_flag(force: bool = False) -> Iterator[None]:
 
 
 def _missing_message(entry: WeightFile, why: str) -> str:
+    """``why`` ends the sentence "<file> is not on disk and …", e.g. "was not downloaded (offline …)"."""
     fixes = ["run `python -m dsct download` once while online"]
     if entry.arg:
         fixes.append(f"pass a local copy with {entry.flag} (ModelConfig.{entry.arg})")
     fixes.append(f"set {entry.env_var}=/path/to/{PurePosixPath(entry.filename).name}")
     return (f"{entry.filename} ({_human_size(entry.size_bytes)}, Hugging Face repo {entry.repo_id}) is not on disk "
-            f"and could not be downloaded ({why}). To fix: " + "; or ".join(fixes) + ".")
+            f"and {why}. To fix: " + "; or ".join(fixes) + ".")
+
+
+def _offline_reason() -> str | None:
+    return "offline: HF_HUB_OFFLINE is set" if _hf_offline() else None
 
 
 def _why(error: BaseException) -> str:
-    if _hf_offline():
-        return "offline: HF_HUB_OFFLINE is set"
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200] if text else ''}"
+    """An error and the errors that caused it, each whole (and each once), on one line."""
+    parts: list[str] = []
+    while error is not None and len(parts) < 4:
+        part = f"{type(error).__name__}: {' '.join(str(error).split())}"
+        if part not in parts:  # httpx re-raises its transport's error under the same name and text
+            parts.append(part)
+        error = error.__cause__
+    return parts[0] + "".join(f" (caused by {part})" for part in parts[1:])
 
 
 def _local_override(entry: WeightFile, path: str | os.PathLike | None) -> Path | None:
@@ -251,20 +262,52 @@ def resolve(
     A file already in the cache is used without asking the Hub for a newer revision: weights do
     not change, and a machine without network would otherwise wait out huggingface_hub's retries.
 
-    Raises WeightsNotFound (what is missing and how to provide it) or ChecksumError.
+    Raises WeightsNotFound (what is missing and how to provide it; HubUnreachable when the Hub did
+    not answer) or ChecksumError.
     """
-    entry = _entry(name)
+    return _resolve(_entry(name), path, cache_dir, None if download else "downloads are off for this call")
+
+
+def _resolve(entry: WeightFile, path: str | os.PathLike | None, cache_dir: str | os.PathLike | None,
+             no_download: str | None) -> Path:
+    """``resolve``; ``no_download`` says why a missing file may not be downloaded (None: it may)."""
     local = _local_override(entry, path) or _cached(entry, cache_dir)  # a cached file needs no network
     if local is None:
-        try:
-            local = Path(huggingface_hub.hf_hub_download(
-                entry.repo_id, entry.filename, cache_dir=cache_dir, local_files_only=_hf_offline() or not download))
-        except (OSError, EntryNotFoundError) as e:  # HTTP, connection and cache misses
-            why = "downloads are off for this call" if not download and not _hf_offline() else _why(e)
-            raise WeightsNotFound(_missing_message(entry, why)) from e
+        local = _download(entry, cache_dir, no_download or _offline_reason())
     if entry.sha256:
         verify_sha256(local, entry.sha256, label=entry.name)
     return local
+
+
+def _hub_unreachable(entry: WeightFile) -> Exception | None:
+    """One request for the file's metadata, without retries: the error when the Hub gave no answer."""
+    timeout = hf_constants.HF_HUB_ETAG_TIMEOUT if os.environ.get("HF_HUB_ETAG_TIMEOUT") else PROBE_TIMEOUT_S
+    try:
+        huggingface_hub.get_hf_file_metadata(huggingface_hub.hf_hub_url(entry.repo_id, entry.filename), timeout=timeout)
+    except HfHubHTTPError:  # an answer (401, 404, 5xx): hf_hub_download reports it in full
+        return None
+    except Exception as e:  # refused, DNS, timeout, proxy, TLS — the error types differ between huggingface_hub versions
+        return e
+    return None
+
+
+def _download(entry: WeightFile, cache_dir: str | os.PathLike | None, no_download: str | None) -> Path:
+    """Fetch a file into the Hugging Face cache, or raise WeightsNotFound saying what was tried.
+
+    A quick request goes first: without an answer, hf_hub_download would retry with back-off
+    (about 25 s per file) before giving up.
+    """
+    if no_download:
+        raise WeightsNotFound(_missing_message(entry, f"was not downloaded ({no_download})"))
+    unreachable = f"could not be downloaded: the Hugging Face Hub at {hf_constants.ENDPOINT} did not answer"
+    if (error := _hub_unreachable(entry)) is not None:
+        raise HubUnreachable(_missing_message(entry, f"{unreachable} ({_why(error)})")) from error
+    try:
+        return Path(huggingface_hub.hf_hub_download(entry.repo_id, entry.filename, cache_dir=cache_dir))
+    except LocalEntryNotFoundError as e:  # raised online only when its requests got no answer
+        raise HubUnreachable(_missing_message(entry, f"{unreachable} ({_why(e)})")) from e
+    except (OSError, EntryNotFoundError) as e:  # HTTP errors (gated, not found), disk errors
+        raise WeightsNotFound(_missing_message(entry, f"could not be downloaded ({_why(e)})")) from e
 
 
 @contextlib.contextmanager
@@ -278,7 +321,9 @@ def _library_hub(entry: WeightFile, cache_dir: str | os.PathLike | None, local: 
         except (OSError, RuntimeError) as e:  # timm raises hub errors; open_clip wraps them in RuntimeError
             if local is not None or _cached(entry, cache_dir) is not None:
                 raise
-            raise WeightsNotFound(_missing_message(entry, _why(e))) from e
+            offline = _offline_reason()
+            why = f"was not downloaded ({offline})" if offline else f"could not be downloaded ({_why(e)})"
+            raise WeightsNotFound(_missing_message(entry, why)) from e
 
 
 # --- reading a file ------------------------------------------------------------------------
@@ -379,34 +424,55 @@ def download(names: Iterable[str] | None = None, *, cache_dir: str | os.PathLike
     timm's and open_clip's files land in the Hugging Face cache where their own loaders look.
     Every file is tried; the failures are raised together at the end.
     """
-    return _resolve_all(list(WEIGHTS) if names is None else list(names), {}, cache_dir)
+    return _resolve_all([(name, None) for name in (WEIGHTS if names is None else names)], cache_dir)
 
 
-def _resolve_all(
-    names: list[str], paths: Mapping[str, str | None], cache_dir: str | os.PathLike | None,
-) -> dict[str, Path]:
-    """``resolve`` each name (with its path override); raise one error listing every failure.
+def _needed(config: ModelConfig) -> list[tuple[str, str | None]]:
+    """(registry name, path override) of every file ``load_models(config)`` reads; none for tiny models."""
+    if config.tiny:
+        return []
+    unet = UNET_WEIGHTS[config.generator]
+    needed = [(unet, config.unet_path), ("dino_vitb8", config.vit_path)]
+    needed += [(CLIP_WEIGHTS[n], None) for n in config.clip_models] if config.load_clip else []
+    needed += [("arcface_ir_se50", config.arcface_path)] if config.load_arcface else []
+    return needed
 
-    After one failed download the rest are only looked up locally: without network each attempt
-    would wait out huggingface_hub's retries again.
+
+def prefetch(configs: Iterable[ModelConfig], *, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Fetch and verify every file these model configs need, before any network is built.
+
+    One error lists every file missing for any of them (an app serving two generators reports
+    both generators' files at once). Returns name → path.
+    """
+    return _resolve_all(list(dict.fromkeys(item for config in configs for item in _needed(config))), cache_dir)
+
+
+def _resolve_all(needed: list[tuple[str, str | None]], cache_dir: str | os.PathLike | None) -> dict[str, Path]:
+    """``resolve`` each (name, path override); raise one error listing every failure.
+
+    After the Hub failed to answer once, the rest are only looked up on disk: each further try
+    would fail the same way. The error's first line says what was tried.
     """
     found: dict[str, Path] = {}
     errors: list[DSCTError] = []
-    download = True
-    for name in names:
+    offline = _offline_reason()
+    no_download, how = offline, f" ({offline}, so nothing was downloaded and every file was looked up on disk only)"
+    for name, path in needed:
+        entry = _entry(name)
         try:
-            found[name] = resolve(name, paths.get(name), cache_dir=cache_dir, download=download)
-        except WeightsNotFound as e:
+            found[name] = _resolve(entry, path, cache_dir, no_download)
+        except HubUnreachable as e:
             errors.append(e)
-            download = download and not isinstance(e.__cause__, (OSError, EntryNotFoundError))
-        except ChecksumError as e:
+            no_download = "the Hugging Face Hub did not answer for an earlier file, see above"
+            how = (f" (the Hugging Face Hub at {hf_constants.ENDPOINT} did not answer when {entry.filename} was to be "
+                   "downloaded, so the files after it were looked up on disk only)")
+        except (WeightsNotFound, ChecksumError) as e:
             errors.append(e)
     if len(errors) == 1:
         raise errors[0]
     if errors:
         errors.sort(key=lambda e: not isinstance(e, ChecksumError))  # a bad file first: it needs another fix
-        head = (f"{len(errors)} weight files are not usable "
-                "(after a failed download, the rest were only looked up on disk):")
+        head = f"{len(errors)} weight files are not usable{how if no_download else ''}:"
         raise type(errors[0])("\n".join([head, *map(str, errors)]))
     return found
 
@@ -467,11 +533,7 @@ def _pretrained_builders(
     config: ModelConfig, cache_dir: str | os.PathLike | None,
 ) -> dict[str, Callable[[], nn.Module] | None]:
     unet = UNET_WEIGHTS[config.generator]
-    paths = {unet: config.unet_path, "dino_vitb8": config.vit_path, "arcface_ir_se50": config.arcface_path}
-    needed = [unet, "dino_vitb8"]
-    needed += [CLIP_WEIGHTS[n] for n in config.clip_models] if config.load_clip else []
-    needed += ["arcface_ir_se50"] if config.load_arcface else []
-    _resolve_all(needed, paths, cache_dir)  # fetch and check every file before building anything
+    prefetch([config], cache_dir=cache_dir)  # fetch and check every file before building anything
     return dict(
         unet=lambda: load_unet(unet, config.unet_path, cache_dir=cache_dir),
         vit=lambda: load_vit("dino_vitb8", config.vit_path, cache_dir=cache_dir),

@@ -7,6 +7,8 @@ tensor in [-1, 1] here, or an ``ImageError`` that says what was wrong. SPEC §3 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Union
 
@@ -22,7 +24,7 @@ __all__ = [
     "to_pil", "colour_match_mkl",
 ]
 
-ImageInput = Union[str, Path, Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
 MIN_SIDE = 16  # smaller images carry no structure worth keeping; refused instead of upscaled 16x
 MAX_PIXELS = 64_000_000  # larger inputs are refused before decoding (decompression bombs)
 
@@ -73,6 +75,8 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 def _from_tensor(t: torch.Tensor) -> Image.Image:
     """A (3,H,W) or (1,3,H,W) tensor in [-1, 1] (the library's convention), as an image."""
+    if t.is_meta or not t.is_floating_point():
+        raise ImageError(f"an image tensor must hold floating-point values in [-1, 1]; got {t.dtype} on {t.device}")
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
     if t.ndim != 3 or t.shape[0] not in (1, 3):
@@ -81,32 +85,61 @@ def _from_tensor(t: torch.Tensor) -> Image.Image:
     return _from_array(x01)
 
 
+def _open(path: Path, name: str) -> Image.Image:
+    """Open a file lazily (PIL reads only the header here); every failure is an ImageError in words."""
+    if path.is_dir():
+        raise ImageError(f"{name}: {path} is a folder, not an image file")
+    if not path.exists():
+        raise ImageError(f"{name}: file not found: {path}")
+    if not path.is_file():
+        raise ImageError(f"{name}: {path} is not a regular file")
+    try:
+        return Image.open(path)
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{name}: cannot read {path.name} as an image: not a format PIL can decode "
+                         "(PNG, JPEG, WebP, …)") from e
+    except Image.DecompressionBombError as e:  # PIL's own cap (far above ours) refuses in open(): no W x H here
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found[1]) / 1e6:.1f} megapixels" if found else str(e)
+        raise ImageError(f"{name} ({path.name}) has {size}; at most {MAX_PIXELS / 1e6:g} megapixels are accepted") from e
+    except OSError as e:  # permissions, I/O errors
+        raise ImageError(f"{name}: cannot open {path}: {e.strerror or e}") from e
+
+
+def _decode(img: Image.Image, name: str) -> Image.Image:
+    """Check the size (known from the header), then decode, then apply the EXIF orientation.
+
+    A lazily opened file (``Image.open`` without ``load``) is decoded only here, so a truncated
+    one fails here, and a decompression bomb never gets that far.
+    """
+    label = f"{name} ({Path(img.filename).name})" if getattr(img, "filename", "") else name
+    if img.width * img.height > MAX_PIXELS:
+        raise ImageError(f"{label} is {img.width}x{img.height} ({img.width * img.height / 1e6:.1f} megapixels); "
+                         f"at most {MAX_PIXELS / 1e6:g} megapixels are accepted")
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except OSError as e:  # PIL: "image file is truncated", "cannot load this image", broken data streams
+        raise ImageError(f"{label} is truncated or damaged: its pixels cannot be decoded (PIL: {e})") from e
+    except ValueError as e:  # e.g. an image whose file was already closed
+        raise ImageError(f"{label} cannot be read: {e}") from e
+
+
 def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
     """Decode and normalise one input to an 8-bit RGB PIL image, EXIF orientation applied."""
     if image is None:
         raise ImageError(f"no {name} was given")
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise ImageError(f"{name}: file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageError(f"{name} is {opened.width}x{opened.height}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted")
-                opened.load()
-                image = ImageOps.exif_transpose(opened)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
-            raise ImageError(f"{name}: cannot read {path.name} as an image ({e.__class__.__name__})") from e
+    if isinstance(image, (str, os.PathLike)):
+        with _open(Path(image), name) as opened:
+            image = _decode(opened, name)
     elif isinstance(image, np.ndarray):
-        image = _from_array(image)
+        image = _decode(_from_array(image), name)
     elif isinstance(image, torch.Tensor):
-        image = _from_tensor(image)
+        image = _decode(_from_tensor(image), name)
     elif isinstance(image, Image.Image):
-        image = ImageOps.exif_transpose(image)
+        image = _decode(image, name)
     else:
         raise ImageError(f"{name}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
-    if image.width * image.height > MAX_PIXELS:
-        raise ImageError(f"{name} is {image.width}x{image.height}; at most {MAX_PIXELS // 1_000_000} megapixels are accepted")
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"{name} is {image.width}x{image.height}; each side must be at least {MIN_SIDE} pixels")
     try:

@@ -8,15 +8,19 @@ downloads or reads the environment.
 from __future__ import annotations
 
 import functools
+import itertools
+import numbers
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from PIL import Image
 
 from . import images
 from .clip import prompt_tokens
-from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, preset
+from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, format_range, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
 from .guidance import build_guide
@@ -41,6 +45,7 @@ class Result:
     terms: dict[str, float] = field(default_factory=dict)  # unweighted loss terms of the last step
     restarts: int = 0
     tiny: bool = False  # made with random tiny models: not a meaningful picture
+    note: str = ""  # why it is not what was asked (e.g. a restart skipped near the deadline)
 
 
 @functools.lru_cache(maxsize=8)
@@ -50,16 +55,25 @@ def schedule_for(steps: int) -> Schedule:
 
 
 def check_text(name: str, text: str | None, *, required: bool = True) -> str:
-    """Strip a prompt and refuse empty, over-long or control-character text with a clear message."""
-    text = (text or "").strip()
-    if not text:
+    """Strip a prompt and refuse non-strings and empty, over-long or control-character text with a clear message.
+
+    Control characters (Cc: C0, DEL, C1; tab and newlines aside) and unpaired surrogates are refused;
+    format characters (Cf: zero-width space, joiners, BOM, …) are kept inside a prompt, since emoji and
+    some scripts need them, but alone they make it empty.
+    """
+    if text is not None and not isinstance(text, str):
+        raise ConfigError(name, text, "a string (e.g. 'Black Leopard')")
+    text = text or ""
+    if any(unicodedata.category(c) in ("Cc", "Cs") and c not in "\t\n\r" for c in text):
+        raise ConfigError(name, text, "printable text without control characters (U+0000–U+001F, U+007F–U+009F)")
+    text = text.strip()
+    if not "".join(c for c in text if unicodedata.category(c) != "Cf").strip():
         if required:
-            raise ConfigError(name, text, "a non-empty description (e.g. 'Black Leopard')")
-        return text
+            raise ConfigError(name, text, "a non-empty description (e.g. 'Black Leopard'); zero-width and other "
+                              "invisible format characters do not count")
+        return ""
     if len(text) > MAX_TEXT_CHARS:
         raise ConfigError(name, text[:40] + "…", f"at most {MAX_TEXT_CHARS} characters (got {len(text)}); CLIP reads only 77 tokens")
-    if any(ord(c) < 32 and c not in "\t\n" for c in text):
-        raise ConfigError(name, text, "printable text without control characters")
     text = " ".join(text.split())
     if (tokens := prompt_tokens(text)) > CONTEXT_TOKENS:
         raise ConfigError(name, text[:40] + "…", f"a shorter text: CLIP reads {CONTEXT_TOKENS} tokens, this prompt needs {tokens}")
@@ -80,6 +94,13 @@ def check_request(
     source_text: str | None = None, style: images.ImageInput | None = None,
 ) -> Request:
     """Everything about a request that needs no model, so a server can refuse it before taking a GPU."""
+    if not isinstance(config, TranslationConfig):
+        raise ConfigError("config", config, "a TranslationConfig, e.g. dsct.preset('text', samples=2), or None")
+    if style is not None:
+        for name, value in (("text", text), ("source_text", source_text)):
+            if value is not None:  # the mode would be a guess: refuse instead of picking one
+                raise ConfigError(name, value, "left out when a style image is given: give either text (with "
+                                  "source_text) for text mode or a style image for image mode, not both")
     if config.mode == "image" and style is None:
         raise ImageError("image-guided translation needs a style image; none was given")
     if config.mode == "text":
@@ -111,6 +132,21 @@ def _check_models(models: Models, config: TranslationConfig) -> None:
         raise ConfigError("lambda_id", config.lambda_id, "0 unless the ArcFace model is loaded (load_arcface=True, faces generator)")
 
 
+def _check_seeds(config: TranslationConfig, seeds: Iterable[int] | None) -> list[int]:
+    """The explicit seeds, one per sample, or ``config.seed + k`` for each of ``config.samples``."""
+    if seeds is None:
+        return [config.seed + k for k in range(config.samples)]
+    low, high = RANGES["seed"]
+    allowed = f"a list of 1 to {MAX_SAMPLES} integers in {format_range(low, high)}"
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise ConfigError("seeds", seeds, allowed)
+    listed = list(itertools.islice(seeds, MAX_SAMPLES + 1))  # an endless iterable is refused, not exhausted
+    if not 0 < len(listed) <= MAX_SAMPLES or any(
+            not isinstance(s, numbers.Integral) or isinstance(s, bool) or not low <= s <= high for s in listed):
+        raise ConfigError("seeds", seeds if isinstance(seeds, Sequence) else listed, allowed)
+    return [int(s) for s in listed]
+
+
 def translate(
     models: Models,
     source: images.ImageInput,
@@ -119,24 +155,31 @@ def translate(
     source_text: str | None = None,
     style: images.ImageInput | None = None,
     config: TranslationConfig | None = None,
-    seeds: Sequence[int] | None = None,
+    seeds: Iterable[int] | None = None,
     callback: Callable[[StepEvent], None] | None = None,
     progress: bool = False,
+    deadline: float | None = None,
 ) -> list[Result]:
     """Translate ``source`` toward ``text`` (with ``source_text``) or toward a ``style`` image.
 
     Returns ``config.samples`` results (or one per seed), best first. ``callback`` receives a
     ``StepEvent`` after every guided step and may raise ``Cancelled``. Same seed, settings and
-    device give the same images.
+    device give the same images. ``deadline`` (a ``time.monotonic()`` value, e.g. the end of a
+    GPU time budget): near it no range restart starts and only the samples that finished are
+    returned, in rank order.
     """
     # 1.–2. check inputs, decode the images
-    mode = "image" if style is not None else "text"
-    config = config or preset(mode, generator=models.config.generator)
+    if not isinstance(models, Models):
+        raise ConfigError("models", models, "the Models that dsct.load_models(ModelConfig(...)) returns")
+    if callback is not None and not callable(callback):
+        raise ConfigError("callback", callback, "a function called with each StepEvent, or None")
+    if config is None:
+        config = preset("image" if style is not None else "text", generator=models.config.generator)
     request = check_request(config, source, text=text, source_text=source_text, style=style)
     _check_models(models, config)
-    seeds = list(seeds) if seeds is not None else [config.seed + k for k in range(config.samples)]
-    if not 0 < len(seeds) <= MAX_SAMPLES or any(not isinstance(s, int) or isinstance(s, bool) or not RANGES["seed"][0] <= s <= RANGES["seed"][1] for s in seeds):
-        raise ConfigError("seeds", seeds, f"a list of 1 to {MAX_SAMPLES} integers in [0, 2^63)")
+    seeds = _check_seeds(config, seeds)
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
+        raise ConfigError("deadline", deadline, "None or a time.monotonic() value")
     text, source_text = request.text, request.source_text
 
     x_src, x_style, out_size = prepare_images(config, request.source, request.style, models.device)
@@ -154,7 +197,7 @@ def translate(
         models.unet, schedule, guide, x_src, generators, t_start=config.t_start,
         repeats=config.resample_repeats,
         restart_threshold=config.restart_threshold if config.range_restart else None,
-        callback=callback, disable=not progress,
+        callback=callback, disable=not progress, deadline=deadline,
     )
 
     # 7. postprocess, score, rank
@@ -166,10 +209,11 @@ def translate(
     pictures = images.to_pil(x, out_size)
     return [
         Result(
-            image=pictures[k], seed=seeds[k], rank=r + 1,
+            image=pictures[k], seed=seeds[sample], rank=r + 1,
             content_score=float(scores.content[k]), target_score=float(scores.target[k]),
             terms={name: float(v[k]) for name, v in out.terms.items()},
-            restarts=out.restarts[k], tiny=models.tiny,
+            restarts=out.restarts[sample], tiny=models.tiny, note=out.notes.get(sample, ""),
         )
         for r, k in enumerate(order)
+        for sample in [out.finished[k]]
     ]

@@ -8,7 +8,8 @@ again afterwards, so a batch with seeds (a, b) gives what runs with a and with b
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .diffusion import Schedule, model_timesteps, p_mean_variance, q_sample, renoise
+from .errors import TimeLimitExceeded
 from .guidance import Guide, GuideState, model_dtype
 
 __all__ = ["StepEvent", "SampleOutput", "randn", "guided_step", "sample_guided", "evaluations_per_attempt"]
@@ -36,9 +38,33 @@ class StepEvent:
 
 @dataclass(frozen=True)
 class SampleOutput:
-    x0: Tensor  # (B,3,H,W) final x̂0, unclamped
-    terms: dict[str, Tensor]  # last step's loss terms, (B,)
-    restarts: tuple[int, ...]
+    """The samples that finished; before a deadline that is all of them."""
+
+    x0: Tensor  # (F,3,H,W) final x̂0 of the finished samples, unclamped
+    terms: dict[str, Tensor]  # last step's loss terms, (F,)
+    restarts: tuple[int, ...]  # per sample of the whole batch
+    finished: tuple[int, ...] = ()  # which samples x0 holds, in order
+    notes: dict[int, str] = field(default_factory=dict)  # sample -> why it is not what was asked
+
+
+TIME_NOTE = "out of range, not restarted: too little GPU time left"
+_now = time.monotonic  # the deadline's clock (tests replace it)
+
+
+class _Clock:
+    """Seconds per guided evaluation so far, to tell what still fits before a deadline (time.monotonic)."""
+
+    def __init__(self, deadline: float | None):
+        self.deadline, self.start, self.count = deadline, _now(), 0
+
+    def tick(self) -> None:
+        self.count += 1
+
+    def fits(self, evaluations: int) -> bool:
+        if self.deadline is None or self.count == 0:
+            return True
+        now = _now()
+        return now + evaluations * (now - self.start) / self.count <= self.deadline
 
 
 def randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> Tensor:
@@ -68,8 +94,11 @@ def _p_sample(mean: Tensor, log_variance: Tensor, i: Tensor, noise: Tensor) -> T
     return mean + nonzero * torch.exp(0.5 * log_variance) * noise
 
 
-def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar, restarts):
-    """One pass from t_start to 0 for the samples `ids`; returns finished x̂0s and who must restart."""
+def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar,
+                 restarts, clock, notes):
+    """One pass from t_start to 0 for the samples `ids`; returns finished x̂0s, who must restart, and
+    whether the deadline stopped it. A restart starts only if this attempt and a whole new one fit
+    before the deadline; otherwise the sample goes on (noted), as at the restart cap."""
     device, shape = x_src.device, x_src.shape[1:]
     state = guide.initial_state([generators[k] for k in ids])
     x = q_sample(schedule, x_src.expand(len(ids), -1, -1, -1), torch.full((len(ids),), t_start, device=device), randn([generators[k] for k in ids], shape, device))
@@ -80,18 +109,24 @@ def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repe
         i = torch.full((len(ids),), t, device=device, dtype=torch.long)
         reps = repeats if t == t_start else 1
         for r in range(reps):
+            if not clock.fits(1):
+                return finished, failed, True
             gens = [generators[k] for k in ids]
             mean, log_var, x0_pred, terms, state = guided_step(unet, schedule, guide, x, i, state)
             x_prev = _p_sample(mean, log_var, i, randn(gens, shape, device))
             if r < reps - 1:  # resampling: back to t with the forward step of β_t
                 x = renoise(schedule, x_prev, i, randn(gens, shape, device))
             step += 1
+            clock.tick()
             bar.update(1)
             if callback is not None:
                 callback(StepEvent(step, total, t, x0_pred, terms, tuple(ids), tuple(restarts)))
         if restart_threshold is not None and t < t_start:
             bad = (guide.config.lambda_range * terms["range"] > restart_threshold).tolist()
-            drop = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts]
+            may = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts and ids[n] not in notes]
+            in_time = clock.fits(t + total) if may else True  # the rest of this attempt, then a whole new one
+            drop = may if in_time else []
+            notes.update({ids[n]: TIME_NOTE for n in may if not in_time})
             if drop:
                 failed += [ids[n] for n in drop]
                 keep = [n for n in range(len(ids)) if n not in drop]
@@ -104,7 +139,7 @@ def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repe
         x = x_prev
     for n, k in enumerate(ids):
         finished[k] = (x0_pred[n], {name: v[n] for name, v in terms.items()})
-    return finished, failed
+    return finished, failed, False
 
 
 def sample_guided(
@@ -119,32 +154,44 @@ def sample_guided(
     restart_threshold: float | None = None,
     callback: Callable[[StepEvent], None] | None = None,
     disable: bool = True,
+    deadline: float | None = None,
 ) -> SampleOutput:
     """Translate ``x_src`` (1,3,H,W) into len(generators) samples, guided by ``guide``.
 
     Starts from q_sample(x_src, t_start), repeats the first step ``repeats`` times (resampling),
     and restarts a sample whose weighted range loss exceeds ``restart_threshold`` after the first
     step, at most ``guide.config.max_restarts`` times (SPEC §3 fix: the reference never stopped).
-    A callback may raise ``Cancelled`` to stop at once.
+    A callback may raise ``Cancelled`` to stop at once. Near ``deadline`` (a ``time.monotonic()``
+    value) no restart starts, and a step that would end past it is not begun: the samples that
+    finished are returned, or ``TimeLimitExceeded`` is raised when none did.
     """
     b = len(generators)
     restarts = [0] * b
     pending = list(range(b))
     results: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
+    clock, notes = _Clock(deadline), {}
     with tqdm(total=evaluations_per_attempt(t_start, repeats), disable=disable, desc="guided steps") as bar:
         while pending:
-            done, failed = _run_attempt(
+            done, failed, out_of_time = _run_attempt(
                 unet, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
                 restart_threshold=restart_threshold, callback=callback, bar=bar, restarts=restarts,
+                clock=clock, notes=notes,
             )
             results.update(done)
+            if out_of_time:
+                if not results:
+                    raise TimeLimitExceeded(
+                        f"the GPU time ran out after {clock.count} guided steps, before any sample finished: "
+                        "lower steps, samples or resample_repeats, or raise skip")
+                break
             for k in failed:
                 restarts[k] += 1
             if failed:
                 bar.reset(total=evaluations_per_attempt(t_start, repeats))
                 bar.set_postfix(restarts=max(restarts))
             pending = sorted(failed)
-    x0 = torch.stack([results[k][0] for k in range(b)])
-    names = results[0][1].keys()
-    terms = {name: torch.stack([results[k][1][name] for k in range(b)]) for name in names}
-    return SampleOutput(x0, terms, tuple(restarts))
+    finished = tuple(sorted(results))
+    x0 = torch.stack([results[k][0] for k in finished])
+    names = results[finished[0]][1].keys()
+    terms = {name: torch.stack([results[k][1][name] for k in finished]) for name in names}
+    return SampleOutput(x0, terms, tuple(restarts), finished, notes)

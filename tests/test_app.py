@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
 from dsct import PRESETS, TranslationConfig
@@ -67,7 +67,7 @@ def _check_gallery(gallery: list[dict], *, seeds: set[int], size: tuple[int, int
 
 def test_endpoints_and_parameters(client):
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(api) == {"/translate_text", "/translate_image"}
+    assert set(api) == {"/translate", "/translate_text", "/translate_image"}
     exposed = set()
     for mode in ("text", "image"):
         names = [p["parameter_name"] for p in api[f"/translate_{mode}"]["parameters"]]
@@ -104,23 +104,30 @@ def test_translate_image_faces_streams_previews(client):
     (dict(text="  "), "text='' is not allowed: a non-empty description"),
     (dict(source_text=""), "source_text='' is not allowed"),
     (dict(source=None), "no source image was given"),
-    (dict(source="not-an-image"), "source image: the upload is not a readable image"),
+    (dict(source="not-an-image"), "notes.png"),
     (dict(generator="sd15"), "'sd15'"),
+    (dict(resampling="no"), "resampling='no' is not allowed: true or false"),
 ])
-def test_bad_input_is_an_app_error_with_the_message(client, overrides, message, tmp_path):
+def test_bad_input_is_refused_before_the_queue_with_the_message(client, overrides, message, tmp_path):
     if overrides.get("source") == "not-an-image":
         bogus = tmp_path / "notes.png"
         bogus.write_text("not a picture")
         overrides = dict(source=handle_file(bogus))
     kwargs = dict(source=handle_file(CAT), source_text="Cat", text="Black Leopard") | overrides
-    with pytest.raises(AppError) as info:
+    with pytest.raises(ValidationError) as info:  # the event's validator: no queue, no GPU
         client.predict(**kwargs, api_name="/translate_text")
     assert message in str(info.value)
 
 
 def test_style_image_is_required(client):
-    with pytest.raises(AppError, match="needs a style image"):
+    with pytest.raises(ValidationError, match="- style: image-guided translation needs a style image"):
         client.predict(handle_file(CAT), None, api_name="/translate_image")
+
+
+def test_the_handler_checks_too_when_called_without_the_validator(models):
+    app.build_demo(models, defaults=SMALL)
+    with pytest.raises(gr.Error, match="needs a style image"):
+        app._planned("image", {"source": str(CAT), "style": None, "generator": "imagenet"})
 
 
 def _sampler_threads() -> list[threading.Thread]:
@@ -147,33 +154,12 @@ def test_stop_cancels_the_sampler(client):
 def test_progress_counts_steps(models):
     calls = []
     settings = dict(SMALL, samples=1, seed=0, resample_repeats=3)
-    updates = list(app._stream("text", "imagenet", str(CAT), None, "Black Leopard", "Cat", settings,
-                               lambda p, **kw: calls.append((p, kw["unit"]))))
+    plan = app.make_plan("text", dict(settings, source=str(CAT), text="Black Leopard", source_text="Cat",
+                                      generator="imagenet"))
+    updates = list(app._stream(plan, lambda p, **kw: calls.append((p, kw["unit"]))))
     total = SMALL["steps"] - SMALL["skip"] - 1 + 3
     assert calls == [((k, total), "steps") for k in range(1, total + 1)]
     assert isinstance(updates[-1], app.Done) and len(updates[-1].results) == 1
-
-
-def test_gpu_seconds_follow_the_work_and_the_measurement(monkeypatch):
-    base = TranslationConfig(steps=50, skip=20, resample_repeats=4)
-    args = ("imagenet", "src.png", None, "t", "s")
-    seconds = app.gpu_seconds(*args, base)
-    for more in (dict(steps=100, skip=20), dict(samples=4), dict(resample_repeats=10), dict(max_long_side=512)):
-        assert app.gpu_seconds(*args, dataclasses.replace(base, **more)) > seconds
-    # measured: 0.1 s per evaluation of 4 samples at 256 x 448; a single sample is not assumed faster
-    monkeypatch.setitem(app._MEASURED_SPEED, ("imagenet", "text"), app.Speed(0.1, 4, 256 * 448))
-    evaluations = base.t_start + base.resample_repeats
-    expected = app.GPU_START_S + app.RESTART_MARGIN * 0.1 * evaluations
-    four, eight = dataclasses.replace(base, samples=4), dataclasses.replace(base, samples=8)
-    assert app.gpu_seconds(*args, base) == app.gpu_seconds(*args, four) == math.ceil(expected)
-    assert app.gpu_seconds(*args, eight) == math.ceil(expected + app.RESTART_MARGIN * 0.1 * evaluations)
-
-
-def test_zero_gpu_budget_is_checked_before_the_gpu_is_asked(client, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
-    with pytest.raises(AppError, match=r"needs about \d+ s of GPU time and ZeroGPU allows 300 s"):
-        client.predict(handle_file(CAT), "Cat", "Black Leopard", steps=1000, skip=0, samples=16,
-                       api_name="/translate_text")
 
 
 def _component(demo: gr.Blocks, label: str) -> dict:
@@ -190,7 +176,7 @@ def test_cpu_defaults_to_the_fast_preset_and_warns(models):
               for g, m in models.items()}
     try:
         demo = app.build_demo(on_cpu)
-        assert _component(demo, "steps")["value"] == PRESETS["text-fast"].steps
+        assert _component(demo, app.WORDS["steps"][0])["value"] == PRESETS["text-fast"].steps
         banners = _banners(demo)
         assert len(banners) == 1 and "25 s" in banners[0] and "fast preset" in banners[0]
     finally:
@@ -226,3 +212,100 @@ def test_startup_without_weights_says_what_to_do(tmp_path):
     assert "Traceback" not in proc.stderr
     for hint in ("diffusion_openai.pt", "python -m dsct download", "DSCT_ADM_IMAGENET256_PATH", "--tiny"):
         assert hint in proc.stderr
+
+
+def _uploads(tmp_path: Path) -> dict[str, Path]:
+    """Real files in the modes gr.Image would have flattened to 8-bit RGB (each made here)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:72, 0:96]
+    files = {}
+    wide = (xx * 600 + yy * 100).astype(np.uint16)  # 16-bit values up to ~64k: mean far from white
+    files["16-bit"] = tmp_path / "deep.png"
+    Image.fromarray(wide).save(files["16-bit"])
+    rgba = np.dstack([rng.integers(0, 255, (72, 96, 3)), (xx * 2.6).astype(int)]).astype(np.uint8)
+    files["RGBA"] = tmp_path / "rgba.png"
+    Image.fromarray(rgba, "RGBA").save(files["RGBA"])
+    files["LA"] = tmp_path / "la.png"
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(files["LA"])
+    palette = Image.fromarray(rgba[..., :3], "RGB").quantize(16)
+    files["P+transparency"] = tmp_path / "palette.png"
+    palette.save(files["P+transparency"], transparency=3)
+    files["CMYK"] = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgba, "RGBA").convert("CMYK").save(files["CMYK"])
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    files["EXIF-rotated"] = tmp_path / "rotated.jpg"
+    Image.fromarray(rgba[..., :3], "RGB").save(files["EXIF-rotated"], exif=exif)
+    return files
+
+
+def test_uploads_reach_dsct_as_the_file_itself(client, models, tmp_path):
+    """The same file gives the same picture through the app and through the library."""
+    from dsct import translate
+    import numpy as np
+
+    config = app.preset("text", **SMALL, seed=11)
+    for kind, path in _uploads(tmp_path).items():
+        gallery, _ = client.predict(handle_file(path), "Cat", "Black Leopard", seed=11, **SMALL,
+                                    api_name="/translate_text")
+        [expected] = translate(models["imagenet"], path, text="Black Leopard", source_text="Cat", config=config)
+        with Image.open(gallery[0]["image"]) as got:
+            assert got.size == expected.image.size, kind
+            assert np.array_equal(np.asarray(got.convert("RGB")), np.asarray(expected.image)), kind
+
+
+def test_a_huge_upload_is_refused_from_its_header(client, tmp_path):
+    """A 13000 x 13000 PNG header (169 megapixels) with almost no data: refused before any decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 13000, 13000, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    with pytest.raises(ValidationError) as info:
+        client.predict(handle_file(huge), "Cat", "Black Leopard", api_name="/translate_text")
+    assert "- source:" in str(info.value) and "13000x13000" in str(info.value) and "64" in str(info.value)
+
+
+def test_every_public_parameter_is_described(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for endpoint, info in api.items():
+        for p in info["parameters"]:
+            assert len(p["python_type"]["description"]) > 15, (endpoint, p["parameter_name"])
+    steps = next(p for p in api["/translate_text"]["parameters"] if p["parameter_name"] == "steps")
+    assert steps["python_type"]["description"] == "Diffusion steps: more steps: finer detail, slower (an integer in [2, 1000])"
+
+
+def test_compact_endpoint_returns_images_and_json(client):
+    gallery, info = client.predict(handle_file(CAT), "Black Leopard", "Cat", None, "fast", 2, 7, "imagenet",
+                                   api_name="/translate")
+    assert info["mode"] == "text" and info["seeds"] == sorted(info["seeds"], key=[r["seed"] for r in info["results"]].index)
+    assert sorted(info["seeds"]) == [7, 8] and [r["rank"] for r in info["results"]] == [1, 2]
+    for item, row in zip(gallery, info["results"]):
+        assert CAPTION.match(item["caption"]).group(2) == str(row["seed"])
+        assert f"content {row['content_score']:.3f}" in item["caption"]
+    _, styled = client.predict(source=handle_file(CAT), style=handle_file(HUBBLE), seed=-1, api_name="/translate")
+    assert styled["mode"] == "image" and len(styled["seeds"]) == 1 and 0 <= styled["seeds"][0] < 2**31
+    with pytest.raises(ValidationError, match="text='Leopard' is not allowed: left out when a style image is given"):
+        client.predict(source=handle_file(CAT), text="Leopard", source_text="Cat", style=handle_file(HUBBLE),
+                       api_name="/translate")
+    with pytest.raises(ValidationError, match="preset='medium' is not allowed"):
+        client.predict(source=handle_file(CAT), text="Leopard", source_text="Cat", preset="medium", api_name="/translate")
+
+
+def test_mcp_schema_lists_the_compact_tool_with_described_parameters(client):
+    import httpx
+
+    tools = httpx.get(client.src.rstrip("/") + "/gradio_api/mcp/schema", timeout=30).json()
+    tool = next(t for t in tools if t["meta"]["endpoint_name"] == "translate")
+    assert tool["name"] == "translate_compact"
+    assert tool["description"].startswith("Translate a photo toward a target text or the look of a style image")
+    props = tool["inputSchema"]["properties"]
+    assert list(props) == list(app.COMPACT_INPUTS)
+    assert props["seed"]["description"] == app.COMPACT_HELP["seed"]
+    assert all(props[n].get("description") for n in props)

@@ -62,9 +62,11 @@ def page():
         demo.close()
 
 
+W = {name: label for name, (label, _) in app.WORDS.items()}  # the controls' labels, in words
+
+
 def _label(page, name: str):
-    """The visible element whose own text is a control's label (labels are the TranslationConfig field names);
-    the other tab's controls exist too, hidden."""
+    """The visible element whose own text is a control's label; the other tab's controls exist too, hidden."""
     return page.get_by_text(name, exact=True).filter(visible=True).first
 
 
@@ -79,52 +81,74 @@ def _set_slider(page, name: str, value: int) -> None:
     box.press("Enter")
 
 
+def _caption_seed(page) -> str:
+    caption = page.get_by_text(re.compile(r"^#1 · seed \d+ · content")).first
+    caption.wait_for(state="visible")
+    return re.search(r"seed (\d+)", caption.inner_text()).group(1)
+
+
 def test_controls_translate_progress_and_stop(page):
-    for name in ("source image", "source_text", "text", "preset", "generator", "steps", "skip", "resampling",
-                 "resample_repeats", "samples", "seed", "results (best first)", "x̂0 while sampling"):
+    for name in (W["source"], W["source_text"], W["text"], "Preset", W["generator"], W["steps"], W["skip"],
+                 W["resampling"], W["resample_repeats"], W["samples"], W["seed"], "Randomize seed",
+                 "Before / after (best result)", "Results (best first)", "Previews while sampling"):
         _label(page, name).wait_for(state="visible")
-    for button in ("Translate", "Stop", "randomise seed", "Advanced"):
+    for button in ("Translate", "Stop", "Advanced", "Use the selected result as the source"):
         page.get_by_role("button", name=button).first.wait_for(state="visible")
     page.get_by_text("Tiny random models.").wait_for(state="visible")
+    assert page.get_by_text("SPEC §").count() == 0  # help in words, not references to a document users never see
 
     page.get_by_role("button", name="Advanced").first.click()
-    for name in ("Content (structure)", "Style / text", "Regularisers", "lambda_ssim", "lambda_contra", "lambda_div",
-                 "lambda_clip", "lambda_range", "lambda_id", "range_restart", "size"):
+    for name in ("Content (structure)", "Style / text", "Regularisers", W["lambda_ssim"], W["lambda_contra"],
+                 W["lambda_div"], W["lambda_clip"], W["lambda_range"], W["lambda_id"], W["range_restart"], W["size"]):
         _label(page, name).wait_for(state="visible")
 
-    seed = _field(page, "seed", "input[type=number]")
-    assert seed.input_value() == "0"
-    page.get_by_role("button", name="randomise seed").first.click()
-    page.wait_for_function("e => e.value !== '0'", arg=seed.element_handle())
-
     page.locator("input[type=file]").first.set_input_files(str(REPO / "examples" / "cat.png"))
-    _field(page, "source_text", "textarea").fill("Cat")
-    _field(page, "text", "textarea").fill("Black Leopard")
+    _field(page, W["source_text"], "input[type=text], textarea").fill("Cat")
+    _field(page, W["text"], "input[type=text], textarea").fill("Black Leopard")
 
     # A long run: the progress bar counts guided steps, and Stop ends it.
-    _set_slider(page, "skip", 0)
-    _set_slider(page, "steps", 1000)
+    seed = _field(page, W["seed"], "input[type=number]")
+    assert seed.input_value() == "0"
+    _set_slider(page, W["skip"], 0)
+    _set_slider(page, W["steps"], 1000)
     page.get_by_role("button", name="Translate").first.click()
     progress = page.get_by_text(re.compile(r"guided step.*\d+/1001")).first
     progress.wait_for(state="visible")
     page.get_by_role("button", name="Stop").first.click()
     progress.wait_for(state="detached")
 
-    # A short run: a captioned PNG gallery, best first.
-    _set_slider(page, "steps", SMALL["steps"])
-    _set_slider(page, "skip", SMALL["skip"])
+    # A short run with "Randomize seed" on (the default): a new seed, shown in the seed box and the captions.
+    _set_slider(page, W["steps"], SMALL["steps"])
+    _set_slider(page, W["skip"], SMALL["skip"])
     page.get_by_role("button", name="Translate").first.click()
-    page.get_by_text(re.compile(r"^#1 · seed \d+ · content")).first.wait_for(state="visible")
+    used = _caption_seed(page)
+    assert seed.input_value() == used != "0"
+
+    # The best result beside its source in the before/after slider.
+    slider = page.locator(".block:visible").filter(has=page.get_by_text("Before / after (best result)", exact=True))
+    page.wait_for_function("el => el.querySelectorAll('img').length >= 2", arg=slider.first.element_handle())
+
+    # Randomize off, seed 5, Enter in the prompt box runs.
+    _field(page, "Randomize seed", "input[type=checkbox]").uncheck()
+    seed.fill("5")
+    seed.press("Tab")
+    _field(page, W["text"], "input[type=text], textarea").press("Enter")
+    page.get_by_text(re.compile(r"^#1 · seed 5 · content")).first.wait_for(state="visible")
+    assert seed.input_value() == "5"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-text-tab.png"), full_page=True)
+    if os.environ.get("DSCT_UPDATE_SCREENSHOT") == "1":  # the README's picture of the page (tiny models)
+        page.get_by_role("button", name="Advanced").first.click()  # closed again: the page as a user first sees it
+        page.screenshot(path=str(REPO / "docs" / "screenshot-tiny-models.png"), full_page=True)
 
 
 def test_style_tab_controls(page):
     page.get_by_role("tab", name=app.TAB_LABELS["image"]).click()
-    for name in ("source image", "style image", "colour_match", "steps", "skip", "samples", "seed", "generator"):
+    for name in (W["source"], W["style"], W["colour_match"], W["steps"], W["skip"], W["samples"], W["seed"],
+                 W["generator"]):
         _label(page, name).wait_for(state="visible")
     page.get_by_role("button", name="Advanced").last.click()
-    for name in ("lambda_cls", "lambda_l2", "lambda_ssim", "lambda_id"):
+    for name in (W["lambda_cls"], W["lambda_l2"], W["lambda_ssim"], W["lambda_id"]):
         _label(page, name).wait_for(state="visible")
-    assert page.get_by_text("lambda_clip", exact=True).filter(visible=True).count() == 0  # text-only: not here
+    assert page.get_by_text(W["lambda_clip"], exact=True).filter(visible=True).count() == 0  # text-only: not here
     page.screenshot(path=str(ARTIFACTS / "browser-style-tab.png"), full_page=True)

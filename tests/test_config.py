@@ -59,6 +59,22 @@ def test_out_of_range_settings_name_the_field(changes, field):
     assert err.value.field == field
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": -3}, "seed=-3 is not allowed: a value in [0, 2^63 − 1]"),
+    ({"seed": 2**63}, "seed=9223372036854775808 is not allowed: a value in [0, 2^63 − 1]"),
+    ({"seed": "7"}, "seed='7' is not allowed: an integer in [0, 2^63 − 1]"),
+    ({"lambda_ssim": -1.0}, "lambda_ssim=-1.0 is not allowed: a value in [0, 1000000]"),
+    ({"steps": 2.5}, "steps=2.5 is not allowed: an integer in [2, 1000]"),
+    ({"seed": 2**63 - 1, "samples": 2},
+     "seed=9223372036854775807 is not allowed: a value in [0, 9223372036854775806] with samples=2: sample k uses "
+     "seed + k, which must stay in [0, 2^63 − 1]"),
+])
+def test_range_messages_print_big_numbers_readably(changes, message):
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(TEXT_PRESET, **changes)
+    assert str(err.value) == message
+
+
 def test_integral_floats_are_accepted_as_ints():
     cfg = dataclasses.replace(TEXT_PRESET, steps=50.0, skip=10.0)
     assert cfg.steps == 50 and isinstance(cfg.steps, int)

@@ -20,13 +20,14 @@ import safetensors.torch
 import timm
 import torch
 from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import EntryNotFoundError
 from timm.models.vision_transformer import VisionTransformer
 
 from dsct import hub
 from dsct.arcface import build_arcface
 from dsct.clip import OPENAI_MODELS, PRETRAINED_TAG, TINY_CONFIGS
 from dsct.config import ModelConfig
-from dsct.errors import ChecksumError, ConfigError, DSCTError, WeightsNotFound
+from dsct.errors import ChecksumError, ConfigError, DSCTError, HubUnreachable, WeightsNotFound
 from dsct.unet import MODEL_CONFIGS, build_unet
 from dsct.vit import VIT_CONFIGS, build_vit
 
@@ -360,6 +361,77 @@ def test_download_returns_verified_paths(offline, monkeypatch, tiny_files):
     assert paths["adm_imagenet256"].read_bytes() == data
     with pytest.raises(WeightsNotFound, match="model_ir_se50.pth"):
         hub.download(["adm_imagenet256", "arcface_ir_se50"], cache_dir=offline)
+
+
+CLOSED_PORT = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
+@pytest.fixture
+def unreachable_hub(offline, monkeypatch) -> Path:
+    """Online (HF_HUB_OFFLINE unset), with the Hub's endpoint on a closed local port; returns an empty HF cache."""
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    template = hf_constants.HUGGINGFACE_CO_URL_TEMPLATE.replace(hf_constants.ENDPOINT, CLOSED_PORT)
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)  # what hf_hub_url formats
+    monkeypatch.setattr(hf_constants, "ENDPOINT", CLOSED_PORT)
+    return offline
+
+
+def test_offline_lists_every_file_of_every_config_and_says_nothing_was_downloaded(offline):
+    configs = [ModelConfig(generator="imagenet", clip_models=("RN50-quickgelu",)), ModelConfig(generator="ffhq", load_clip=False)]
+    with pytest.raises(WeightsNotFound) as info:
+        hub.prefetch(configs, cache_dir=offline)
+    lines = str(info.value).splitlines()
+    assert lines[0] == ("5 weight files are not usable (offline: HF_HUB_OFFLINE is set, so nothing was downloaded and "
+                        "every file was looked up on disk only):")
+    assert [line.split(" (")[0] for line in lines[1:]] == [  # the shared DINO once
+        "diffusion_openai.pt", "model.safetensors", "open_clip_model.safetensors", "diffusion_ffhq_10m.pt",
+        "pretrained_models/model_ir_se50.pth"]
+    assert all("is not on disk and was not downloaded (offline: HF_HUB_OFFLINE is set)." in line for line in lines[1:])
+
+
+def test_an_unreachable_hub_is_asked_once_then_only_the_disk(unreachable_hub, monkeypatch):
+    asked = []
+    real_metadata = huggingface_hub.get_hf_file_metadata
+
+    def counted(*args, **kwargs):
+        asked.append(args[0])
+        return real_metadata(*args, **kwargs)
+
+    def retrying_download(*args, **kwargs):
+        raise AssertionError("hf_hub_download retries with back-off for half a minute when nothing answers")
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", counted)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", retrying_download)
+    with pytest.raises(HubUnreachable) as info:
+        hub.prefetch([ModelConfig(generator="ffhq", load_clip=False)], cache_dir=unreachable_hub)
+    assert asked == [f"{CLOSED_PORT}/deepinv/diffunet/resolve/main/diffusion_ffhq_10m.pt"]
+    lines = str(info.value).splitlines()
+    assert lines[0] == ("3 weight files are not usable (the Hugging Face Hub at http://127.0.0.1:9 did not answer when "
+                        "diffusion_ffhq_10m.pt was to be downloaded, so the files after it were looked up on disk only):")
+    assert lines[1].startswith("diffusion_ffhq_10m.pt (374 MB, Hugging Face repo deepinv/diffunet) is not on disk and "
+                               "could not be downloaded: the Hugging Face Hub at http://127.0.0.1:9 did not answer (")
+    assert "Connection refused" in lines[1]
+    for line, name in zip(lines[2:], ["model.safetensors", "pretrained_models/model_ir_se50.pth"]):
+        assert line.startswith(f"{name} (") and "was not downloaded (the Hugging Face Hub did not answer for an earlier file, see above)" in line
+
+
+def test_a_failed_download_gives_its_whole_reason(unreachable_hub, monkeypatch):
+    reason = ("The Hub answered, but this first line is long: longer than the two hundred characters that the old message "
+              "kept of a reason, so a cut would fall before the end of the sentence, which does not come until here.\n"
+              "A second line followed, and was dropped.")
+    whole = ("The Hub answered, but this first line is long: longer than the two hundred characters that the old message "
+             "kept of a reason, so a cut would fall before the end of the sentence, which does not come until here. "
+             "A second line followed, and was dropped.")
+
+    def refused(*args, **kwargs):
+        raise EntryNotFoundError(reason)
+
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", lambda *args, **kwargs: None)  # the Hub answers
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", refused)
+    with pytest.raises(WeightsNotFound) as info:
+        hub.resolve("adm_ffhq256", cache_dir=unreachable_hub)
+    assert f"is not on disk and could not be downloaded (EntryNotFoundError: {whole}). To fix:" in str(info.value)
 
 
 def test_compute_dtype():

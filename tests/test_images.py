@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +69,7 @@ def test_arrays_and_tensors():
         (np.full((20, 20, 3), np.nan), "NaN"),
         ("/no/such/file.png", "not found"),
         (12, "expected a path"),
+        (torch.zeros(3, 20, 20, dtype=torch.uint8), "floating-point values in \\[-1, 1\\]; got torch.uint8"),
     ],
 )
 def test_bad_inputs(bad, match):
@@ -78,6 +82,63 @@ def test_not_an_image_file(tmp_path):
     path.write_bytes(b"not a png")
     with pytest.raises(ImageError, match="cannot read"):
         images.load_image(path)
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG with a valid IHDR (the size) and no pixel data: it opens, and fails to decode."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+def test_a_folder_is_called_a_folder(tmp_path):
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    with pytest.raises(ImageError) as err:
+        images.load_image(folder, name="source image")
+    assert str(err.value) == f"source image: {folder} is a folder, not an image file"
+
+
+def test_truncated_file_is_reported_in_words_as_path_and_as_lazy_pil(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # noise does not compress: the cut falls inside the pixel data
+    lazy = Image.open(path)  # header only: decoding happens inside load_image
+    for image in (path, lazy):
+        with pytest.raises(ImageError, match=r"^style image \(cut\.png\) is truncated or damaged: its pixels cannot be "
+                                             r"decoded \(PIL: image file is truncated\)$"):
+            images.load_image(image, name="style image")
+
+
+def test_closed_pil_image_is_an_image_error(tmp_path):
+    path = tmp_path / "closed.png"
+    _gradient(32, 32).save(path)
+    closed = Image.open(path)
+    closed.close()
+    with pytest.raises(ImageError, match=r"^image \(closed\.png\) cannot be read: Operation on closed image$"):
+        images.load_image(closed)
+
+
+def test_size_cap_is_read_from_the_header_before_decoding(tmp_path):
+    """9000x8000 = 72.0 megapixels, over the 64 accepted: refused by size, not as a damaged file."""
+    path = tmp_path / "huge.png"
+    _png_header_only(path, 9000, 8000)
+    for image in (path, Image.open(path)):
+        with pytest.raises(ImageError) as err:
+            images.load_image(image, name="source image")
+        assert str(err.value) == "source image (huge.png) is 9000x8000 (72.0 megapixels); at most 64 megapixels are accepted"
+
+
+def test_pil_decompression_bomb_gives_size_and_limit(tmp_path):
+    """PIL itself refuses 20000x20000 (400 megapixels) in Image.open; the message keeps both numbers."""
+    path = tmp_path / "bomb.png"
+    _png_header_only(path, 20000, 20000)
+    with pytest.raises(ImageError) as err:
+        images.load_image(path, name="source image")
+    assert str(err.value) == "source image (bomb.png) has 400.0 megapixels; at most 64 megapixels are accepted"
 
 
 @pytest.mark.parametrize(

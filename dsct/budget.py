@@ -1,0 +1,75 @@
+"""What one request costs on a GPU: guided evaluations, seconds and peak memory.
+
+A server that must declare GPU time and memory before it runs (ZeroGPU) plans with this model.
+Its constants are the benchmark's figures (README "Performance", H100, bf16, 256×256, all five
+CLIP models): a step is bound by per-operator launch overhead, so a batch costs far less than
+its samples run one by one, while memory grows with every sample.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import TranslationConfig
+
+__all__ = [
+    "REFERENCE_PIXELS", "BATCH_SLOPE", "H100_STEP_SECONDS", "MEMORY_GB", "evaluations", "batch_factor",
+    "pixel_factor", "StepSpeed", "run_seconds", "peak_memory_gb", "max_samples_that_fit",
+]
+
+REFERENCE_PIXELS = 256 * 256  # the working size the figures below were measured at
+# Each sample beyond the first adds this fraction of a one-sample step: batch 4 measured 1.42x (text)
+# and 1.53x (image) one sample; 0.18 gives 1.54x, so neither mode is underestimated.
+BATCH_SLOPE = 0.18
+H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, batch 1
+# (fixed GB: weights, CUDA context, fixed features; GB per sample at REFERENCE_PIXELS), fitted
+# exactly to the batch-1 and batch-4 peaks: text 12.0 / 38.6 GB, image 6.9 / 18.4 GB.
+MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
+
+
+def evaluations(config: TranslationConfig) -> int:
+    """Guided evaluations of one attempt: the steps after skip plus the resampling repeats."""
+    return config.t_start + config.resample_repeats
+
+
+def batch_factor(batch: int) -> float:
+    """Cost of one evaluation of ``batch`` samples relative to one sample (sublinear: launch-bound)."""
+    return 1.0 + BATCH_SLOPE * (batch - 1)
+
+
+def pixel_factor(pixels: int) -> float:
+    """Cost relative to 256×256, linear in pixels and never below 1 (CLIP and DINO views are fixed-size)."""
+    return max(1.0, pixels / REFERENCE_PIXELS)
+
+
+@dataclass(frozen=True)
+class StepSpeed:
+    """Seconds of one guided evaluation of a batch of one at 256×256: measured, or the H100 prior."""
+
+    seconds: float
+
+    @classmethod
+    def from_measurement(cls, seconds: float, batch: int, pixels: int) -> StepSpeed:
+        """Normalise a measured evaluation of ``batch`` samples at ``pixels`` with the cost model."""
+        return cls(seconds / (batch_factor(batch) * pixel_factor(pixels)))
+
+    def evaluation_seconds(self, batch: int, pixels: int) -> float:
+        return self.seconds * batch_factor(batch) * pixel_factor(pixels)
+
+
+def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed) -> float:
+    """Sampling seconds of one attempt of the whole batch (restarts not included)."""
+    return evaluations(config) * speed.evaluation_seconds(config.samples, pixels)
+
+
+def peak_memory_gb(mode: str, samples: int, pixels: int) -> float:
+    """Peak GPU memory of a run (bf16/fp16): fixed part plus every sample's activations."""
+    fixed, per_sample = MEMORY_GB[mode]
+    return fixed + samples * per_sample * pixel_factor(pixels)
+
+
+def max_samples_that_fit(mode: str, pixels: int, limit_gb: float) -> int:
+    """The largest batch whose estimated peak stays within ``limit_gb`` (0 when not even one fits)."""
+    fixed, per_sample = MEMORY_GB[mode]
+    return max(0, math.floor((limit_gb - fixed) / (per_sample * pixel_factor(pixels))))

@@ -1,0 +1,78 @@
+"""Closed-form stand-ins for the networks (shared by the SPEC wiring tests).
+
+Not the tiny real networks of STYLE §9, on purpose: each output is a known function of the input,
+so a test can compute what the sampler or the guide must do by hand. Each records what it is fed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dsct.vit import ViTFeatures
+
+LAMBDAS = ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id")
+
+
+def zero_weights() -> dict[str, float]:
+    """Every loss weight set to 0: a test turns on only the terms it checks."""
+    return {f"lambda_{k}": 0.0 for k in LAMBDAS}
+
+
+class LinearEps(nn.Module):
+    """A "UNet" with the real call signature (x_t, t_model) and 6 output channels: ε = a·x_t, v = v."""
+
+    def __init__(self, a: float = 0.5, v: float = 0.2):
+        super().__init__()
+        self.a, self.v = a, v
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)  # gives model_dtype a dtype
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, t):
+        self.calls.append((x.detach().clone(), t.detach().clone()))
+        return torch.cat([self.a * x, torch.full_like(x, self.v)], dim=1)
+
+
+class SpyViT(nn.Module):
+    """Tokens = 16×16 average pools of the [0,1] input; [CLS] = per-channel mean of the input."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x01):
+        self.seen.append(x01.detach().clone())
+        keys = F.avg_pool2d(x01, 16).flatten(2).transpose(1, 2) + 0.1  # (B, N, 3)
+        unit = F.normalize(keys, dim=-1)
+        return ViTFeatures(keys=keys, self_sim=unit @ unit.transpose(1, 2), cls=x01.mean((2, 3)))
+
+
+class SpyClip(nn.Module):
+    """One "CLIP model": view embedding = per-channel mean of the [0,1] input, direction fixed."""
+
+    direction = torch.tensor([0.6, 0.0, 0.8])
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
+        self.seen: list[torch.Tensor] = []
+
+    def text_directions(self, target_text, source_text, src_x01):
+        return [self.direction]
+
+    def encode_views(self, x01, n_cuts, generators):
+        self.seen.append(x01.detach().clone())
+        return [x01.mean((2, 3))]
+
+
+class SpyArcFace(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return F.normalize(x.mean((2, 3)), dim=-1)
