@@ -11,6 +11,7 @@ from __future__ import annotations
 import spaces  # noqa: I001 — first: on ZeroGPU it must patch CUDA before torch is imported
 
 import argparse
+import contextvars
 import dataclasses
 import functools
 import inspect
@@ -22,8 +23,9 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -37,7 +39,7 @@ from dsct import (
 )
 from dsct import budget
 from dsct.config import MAX_SAMPLES, RANGES, GeneratorName, Mode, format_range
-from dsct.images import load_image, to_pil, working_size
+from dsct.images import fit_to, load_image, to_pil, working_size
 from dsct.pipeline import check_request
 
 log = logging.getLogger("dsct.app")
@@ -234,15 +236,15 @@ def cost(generator: str, config: TranslationConfig, pixels: int) -> tuple[float,
 
 
 def duration_factor() -> float:
-    """What ZeroGPU multiplies a "large" request by: it runs, is capped and is charged that much longer.
+    """What ZeroGPU multiplies a request by: it runs, is capped and is charged that much longer.
 
-    Read from the spaces package's table for the GPU it found (1.5 on the RTX PRO 6000, 1.0 on an
-    H200); DURATION_FACTOR where that table cannot be read.
+    Asked of the spaces package, which applies its GPU's factor to a "large" slice (1.5 on the RTX
+    PRO 6000, 1.0 on an H200) and none to a whole GPU; DURATION_FACTOR where it cannot tell.
     """
     try:
-        from spaces.zero.config import get_config
+        from spaces.zero.client import get_duration_seconds
 
-        return float(get_config()["duration_factor"])
+        return float(get_duration_seconds(timedelta(seconds=100), None)) / 100
     except Exception:  # noqa: BLE001 — an older or newer spaces package: the documented factor
         return DURATION_FACTOR
 
@@ -269,7 +271,7 @@ def make_plan(mode: Mode, values: Mapping[str, Any]) -> Plan:
     Raises DSCTError with the message for the user (ConfigError names the field to change).
     """
     generator = values.get("generator")
-    if generator not in _MODELS:
+    if not isinstance(generator, str) or generator not in _MODELS:
         raise ConfigError("generator", generator, f"one of {', '.join(map(repr, _MODELS))} (loaded here)")
     source, style = values.get("source"), values.get("style")
     text, source_text = values.get("text"), values.get("source_text")
@@ -343,8 +345,9 @@ def run_translation(plan: Plan) -> Iterator[Step | Done]:
             yield item
             if isinstance(item, Done):
                 return
-    finally:  # no join here: close() runs on the server's event loop; the thread ends at its next step
+    finally:  # closed by _drained's thread (or spaces' worker), never on the event loop: waiting is fine
         stop.set()
+        thread.join()  # at most one step: the GPU is not handed on while a step still runs on it
 
 
 # --- handlers ------------------------------------------------------------------------------
@@ -380,7 +383,7 @@ def _gallery(results: Sequence[Result]) -> list[tuple[Any, str]]:
 _END = object()
 
 
-def _drained(gpu: Iterator[T]) -> Iterator[T]:
+def _drained(gpu: Generator[T, None, None]) -> Iterator[T]:
     """``gpu``'s items, read by a thread of their own.
 
     Gradio closes a cancelled generator on its event loop. Closing spaces' ZeroGPU wrapper waits
@@ -399,10 +402,14 @@ def _drained(gpu: Iterator[T]) -> Iterator[T]:
         except BaseException as e:  # raised again in the consumer's thread
             items.put(e)
         finally:
-            gpu.close()
-            items.put(_END)
+            try:
+                gpu.close()
+            finally:
+                items.put(_END)  # whatever closing raised, the consumer is not left waiting
 
-    threading.Thread(target=drain, name="dsct-gpu-drain", daemon=True).start()
+    # gradio's request context (spaces reads the visitor's token from it) travels with the thread
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(drain,), name="dsct-gpu-drain", daemon=True).start()
     try:
         while (item := items.get()) is not _END:
             if isinstance(item, BaseException):
@@ -425,7 +432,9 @@ def _stream(plan: Plan, progress: gr.Progress | None) -> Iterator[Step | Done]:
                 restarted = f" (restart {update.restarts})" if update.restarts else ""
                 progress((update.step, update.total), desc=f"guided step{restarted}", unit="steps")
         else:
-            if full_batch_seconds and _MODELS[plan.generator].device.type == "cuda":
+            # a small image is no faster per pixel_factor (never below 1): its timing would undercount
+            if (full_batch_seconds and _MODELS[plan.generator].device.type == "cuda"
+                    and plan.pixels >= budget.REFERENCE_PIXELS):
                 seconds = sum(full_batch_seconds) / len(full_batch_seconds)
                 _MEASURED_SPEED[(plan.generator, config.mode)] = budget.StepSpeed.from_measurement(
                     seconds, config.samples, plan.pixels)
@@ -498,7 +507,9 @@ def _field_of(error: DSCTError, names: Sequence[str]) -> str:
     if isinstance(error, ImageError):
         return "style" if "style" in names and "style image" in str(error) else "source"
     field = getattr(error, "field", None)
-    return field if field in names else names[0]
+    if field in names:
+        return field
+    return "preset" if "preset" in names else names[0]  # the compact endpoint: its preset sets steps and the rest
 
 
 def estimate(mode: Mode, *values: Any) -> str:
@@ -513,8 +524,10 @@ def estimate(mode: Mode, *values: Any) -> str:
                 width, height = working_size(*im.size, size=config.size, max_long_side=config.max_long_side,
                                              resize_mode=config.resize_mode)
         seconds, memory = cost(generator, config, width * height)
-    except (DSCTError, OSError, KeyError) as e:
-        return f"*{e}*" if isinstance(e, DSCTError) else ""
+    except DSCTError as e:
+        return f"*{e}*"
+    except Exception:  # noqa: BLE001 — an unreadable upload: the validator will say why; no estimate
+        return ""
     where = "of your daily ZeroGPU quota" if ON_ZERO_GPU else "on this GPU"
     return f"≈ {seconds:.0f} s {where} · ≈ {memory:.0f} GB"
 
@@ -545,9 +558,13 @@ def _validator(names: Sequence[str], to_request: Callable[[Mapping[str, Any]], t
         try:
             make_plan(*to_request(dict(zip(names, values))))
         except DSCTError as e:
-            bad = _field_of(e, names)
-            return [gr.validate(n != bad, str(e) if n == bad else "") for n in names]
-        return [gr.validate(True, "") for _ in names]
+            bad, message = _field_of(e, names), str(e)
+        except Exception as e:  # noqa: BLE001 — a bug must not reach the client as a bare HTTP 400
+            log.error("validation failed", exc_info=e)
+            bad, message = names[0], f"this request could not be checked ({type(e).__name__}: {e})"
+        else:
+            return [gr.validate(True, "") for _ in names]
+        return [gr.validate(n != bad, message if n == bad else "") for n in names]
 
     return validate
 
@@ -671,10 +688,11 @@ def before_after(source: str | None, gallery: Any) -> tuple[Image.Image, Image.I
     if not source or not gallery:
         return None
     best = gallery[0][0] if isinstance(gallery[0], (tuple, list)) else gallery[0]
-    after = Image.open(getattr(best, "path", best)).convert("RGB")
     try:
-        before = load_image(source, name="source image").resize(after.size, Image.Resampling.LANCZOS)
-    except DSCTError:
+        with Image.open(getattr(best, "path", best)) as opened:
+            after = opened.convert("RGB")
+        before = fit_to(load_image(source, name="source image"), *after.size)  # as the model saw it
+    except (DSCTError, OSError):
         return None
     return before, after
 
@@ -772,6 +790,7 @@ def _build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig
     results.change(before_after, [controls["source"], results], slider, queue=False, api_visibility="private")
     selected = gr.State(0)
     results.select(_selected, None, selected, queue=False, api_visibility="private")
+    results.change(lambda: 0, None, selected, queue=False, api_visibility="private")  # new results: the best
     reuse.click(_result_path, [results, selected], controls["source"], queue=False, api_visibility="private")
     controls["resampling"].change(lambda on: gr.update(interactive=on), controls["resampling"],
                                   controls["resample_repeats"], queue=False, api_visibility="private")
@@ -796,14 +815,14 @@ def _build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig
     )
 
 
-def _build_compact_api(defaults: Mapping[str, Any] | None) -> None:
+def _build_compact_api(defaults: Mapping[str, Any] | None, generators: Sequence[str]) -> None:
     """The one-call endpoint (/translate, also the MCP tool): hidden components, no layout."""
     global _COMPACT_DEFAULTS
     _COMPACT_DEFAULTS = dict(defaults or {})
     with gr.Column(visible=False):
         inputs = [ImageInput(type="filepath"), gr.Textbox(value=""), gr.Textbox(value=""), ImageInput(type="filepath"),
                   ConfigRadio(["full", "fast"], value="fast"), ConfigNumber(value=1), ConfigNumber(value=-1),
-                  ConfigRadio(list(GENERATOR_LABELS), value="imagenet")]
+                  ConfigRadio(list(GENERATOR_LABELS), value=generators[0])]
         inputs = [_described(c, COMPACT_HELP.get(n) or _api_help(n)) for n, c in zip(COMPACT_INPUTS, inputs)]
         outputs = [gr.Gallery(format="png"), gr.JSON()]
         button = gr.Button()
@@ -856,7 +875,7 @@ def build_demo(models: Mapping[str, Models], *, defaults: Mapping[str, Any] | No
                 initial = preset(mode, fast=fast, generator=generators[0], **(defaults or {}))
                 _build_tab(mode, generators, initial, fast, cache_examples,
                            show_cost=ON_ZERO_GPU or first.device.type == "cuda")
-        _build_compact_api(defaults)
+        _build_compact_api(defaults, generators)
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)  # explicit: ZeroGPU would cap the queue at 1
     return demo
 

@@ -192,6 +192,40 @@ def test_closing_the_stream_does_not_wait_for_the_gpu(models):
     assert closed == ["dsct-gpu-drain"]  # closed after its next item, by the draining thread
 
 
+def test_the_gpu_generator_runs_in_the_callers_context(models):
+    """spaces reads the visitor's request (their quota token) from gradio's context variables."""
+    import contextvars
+
+    visitor = contextvars.ContextVar("visitor")
+    seen = []
+
+    def gpu():
+        seen.append(visitor.get(None))
+        yield "done"
+
+    visitor.set("token of the visitor")
+    assert list(app._drained(gpu())) == ["done"]
+    assert seen == ["token of the visitor"]
+
+
+def test_a_small_run_does_not_teach_a_speed(models, monkeypatch):
+    """Timing at 64x96 says nothing of 256x256 (pixel_factor is never below 1): it is not learned."""
+    monkeypatch.setattr(app, "_MEASURED_SPEED", {})
+    cuda = {g: dataclasses.replace(m, device=__import__("torch").device("cuda")) for g, m in models.items()}
+    monkeypatch.setattr(app, "_MODELS", cuda)
+    monkeypatch.setattr(app, "memory_limit_gb", lambda: None)  # no CUDA here to ask
+    def run_translation(plan):
+        yield from (app.Step(1, 2, 1, 0, None), app.Step(2, 2, 1, 0, None), app.Done([]))
+
+    monkeypatch.setattr(app, "run_translation", run_translation)
+    plan = app.make_plan("text", _values())
+    list(app._stream(plan, None))
+    assert app._MEASURED_SPEED == {}
+    big = dataclasses.replace(plan, pixels=256 * 256)
+    list(app._stream(big, None))
+    assert ("imagenet", "text") in app._MEASURED_SPEED
+
+
 def test_front_matter_preloads_every_weight_file_and_pins_zero_gpu_versions():
     front = (REPO / "README.md").read_text().split("---")[1]
     lines = front.splitlines()
