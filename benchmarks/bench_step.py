@@ -42,7 +42,7 @@ from benchmarks.counters import (  # noqa: E402
     OpCounter, PilCounter, SyncCounter, attention_blocks, params_with_grad, watch_models,
 )
 from dsct import images  # noqa: E402
-from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models  # noqa: E402
+from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models, fold_batchnorm, use_plain_attention  # noqa: E402
 from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
 from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
@@ -107,11 +107,24 @@ def build_models(
         return load_models(config, device, builders=_builders(size, clip_names, device))
 
 
-def apply_speed_options(models: Models, *, channels_last: bool, compile_mode: str | None) -> None:
-    """Benchmark-only variants: channels_last weights (UNet, CLIP ResNets) and torch.compile of the UNet.
+def apply_speed_options(
+    models: Models, *, channels_last: bool, compile_mode: str | None, fold_bn: bool = False,
+    native_groupnorm: bool = False, plain_attention: bool = False,
+) -> None:
+    """Benchmark-only variants: channels_last weights (UNet, CLIP ResNets), torch.compile of the UNet, and the
+    kernel reductions of issue 12 item 4: eval BatchNorm folded into the CLIP ResNets' convs, the UNet's
+    GroupNorm in the compute dtype, plain-linear attention blocks in the CLIP ViTs.
 
-    The compiled function replaces ``unet.forward`` only, so the counting hooks stay outside it.
+    The compiled function replaces ``unet.forward`` only, so the counting hooks stay outside it. The fold runs
+    on the loaded weights in the compute dtype (``load_models`` has already cast them).
     """
+    for model in models.clip.models if models.clip is not None else ():
+        if fold_bn:
+            fold_batchnorm(model)
+        if plain_attention:
+            use_plain_attention(model)
+    if native_groupnorm:
+        models.unet.set_native_groupnorm(True)
     if channels_last:
         for net in (models.unet, models.clip):
             if net is not None:
@@ -344,6 +357,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the UNet forward (mode: default, max-autotune-no-cudagraphs, ...)")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
+    p.add_argument("--fold-bn", action="store_true", help="fold the CLIP ResNets' eval BatchNorm into their convs")
+    p.add_argument("--native-groupnorm", action="store_true",
+                   help="run the UNet's GroupNorm in the compute dtype instead of fp32")
+    p.add_argument("--plain-attention", action="store_true",
+                   help="CLIP ViTs: open_clip's plain-linear + SDPA blocks instead of nn.MultiheadAttention")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     p.add_argument("--profile", action="store_true",
                    help="CUDA: a second, profiled pass per row adds GPU kernel time and kernel launches per step")
@@ -373,7 +391,8 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     models = build_models(args.size, device, args.dtype, clip_names=clip_names, grad_checkpointing=args.grad_checkpointing)
-    apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile)
+    apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile, fold_bn=args.fold_bn,
+                        native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention)
     build_seconds = time.perf_counter() - start
     weights_mb = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
     source = synthetic_image(args.width, args.height, seed=1)
@@ -382,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         size=args.size, device=args.device, machine=machine(device), torch=torch.__version__, dtype=args.dtype,
         height=args.height, width=args.width, grad_checkpointing=args.grad_checkpointing,
         channels_last=args.channels_last, compile=args.compile, cudnn_benchmark=args.cudnn_benchmark,
+        fold_bn=args.fold_bn, native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention,
         clip_models=list(models.clip.names) if models.clip is not None else [],
         build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
     )

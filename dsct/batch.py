@@ -6,6 +6,11 @@ that is killed loses at most the row it was writing. The next run reads the log 
 (``plan_resume``, a pure function), and rewrites the log without the rest (``write_log``). Every
 file is written through a temporary name in its own folder and ``os.replace``, so an interrupt
 leaves the old file or the new one, never half of one.
+
+Under torchrun each rank appends to its own ``results.rankR.jsonl`` (``rank_log``), so that no two
+processes (maybe on two machines sharing a folder) append to one file; rank 0 folds them into
+``results.jsonl`` when the run ends, and the next run folds in whatever a killed run left. A prompts
+file (``read_prompts``) gives each source its own texts or style image.
 """
 
 from __future__ import annotations
@@ -23,17 +28,20 @@ from typing import IO, NamedTuple
 
 from PIL import Image
 
+from .config import Mode
 from .errors import DSCTError
 
 __all__ = [
     "LOG_NAME", "CSV_NAME", "LogProblem", "ResumePlan", "write_atomic", "image_format", "save_image",
     "read_log", "parse_log", "plan_resume", "write_log", "append_rows", "write_csv", "output_stems",
+    "PromptRow", "read_prompts", "rank_log", "rank_logs", "in_order",
 ]
 
 LOG_NAME, CSV_NAME = "results.jsonl", "results.csv"
 TEMP_SUFFIX = ".partial"  # ".NAME.PID.partial": hidden, and no image suffix, so never read as a source
 OUTPUT_FIELDS: dict[str, type] = {"source": str, "output": str, "rank": int}
 ERROR_FIELDS: dict[str, type] = {"source": str, "error": str}
+PROMPT_COLUMNS: dict[Mode, tuple[str, ...]] = {"text": ("source", "source_text", "text"), "image": ("source", "style")}
 _SOURCE_FIRST = re.compile(rb'\{"source": ("(?:[^"\\]|\\.)*")')  # how json.dumps starts a row we wrote
 
 
@@ -43,6 +51,16 @@ class LogProblem(NamedTuple):
     line: int
     reason: str
     source: str | None
+
+
+class PromptRow(NamedTuple):
+    """One line of a prompts file: its number (the header is line 1), the source's file name, and
+    its prompts by column (``source_text``/``text`` or ``style``), as written."""
+
+    line: int
+    source: str
+    prompts: dict[str, str]
+    problem: str | None = None  # why the line is unusable as written (more cells than columns)
 
 
 class ResumePlan(NamedTuple):
@@ -216,3 +234,76 @@ def output_stems(names: Sequence[str]) -> dict[str, str]:
     """Source name -> output stem: the file's stem, or ``stem.ext`` where two sources share a stem."""
     stems = Counter(Path(n).stem for n in names)
     return {n: Path(n).stem if stems[Path(n).stem] == 1 else f"{Path(n).stem}.{Path(n).suffix.lstrip('.')}" for n in names}
+
+
+def rank_log(folder: Path, rank: int) -> Path:
+    """The log one torchrun rank appends to."""
+    return folder / f"results.rank{rank}.jsonl"
+
+
+def rank_logs(folder: Path) -> list[Path]:
+    """The per-rank logs in ``folder`` (left by a run not yet merged), by rank."""
+    found = (p for p in folder.glob("results.rank*.jsonl") if p.name[12:-6].isdigit())
+    return sorted(found, key=lambda p: int(p.name[12:-6]))
+
+
+def in_order(rows: Iterable[dict], sources: Sequence[str]) -> list[dict]:
+    """Rows regrouped by their source's place in ``sources`` (stable within a source): the order one
+    process writes them in, whichever ranks wrote them."""
+    place = {s: k for k, s in enumerate(sources)}
+    return sorted(rows, key=lambda r: place[r["source"]])
+
+
+def _prompt_mode(path: Path, header: list[str]) -> Mode:
+    """The mode a prompts file's columns name, or a one-line reason they name none."""
+    use = "use source,source_text,text (text mode) or source,style (image mode)"
+    known = {c for columns in PROMPT_COLUMNS.values() for c in columns}
+    if unknown := [c for c in header if c not in known]:
+        raise DSCTError(f"{path}: unknown column{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}: {use}")
+    if twice := sorted({c for c in header if header.count(c) > 1}):
+        raise DSCTError(f"{path}: column {', '.join(twice)} given twice: {use}")
+    if "style" in header and {"text", "source_text"} & set(header):
+        raise DSCTError(f"{path}: mixes text-mode columns (source_text, text) with the image-mode column style: {use}")
+    mode: Mode = "image" if "style" in header else "text"
+    if missing := [c for c in PROMPT_COLUMNS[mode] if c not in header]:
+        raise DSCTError(f"{path}: missing column{'s' * (len(missing) > 1)} {', '.join(missing)}: {use}")
+    return mode
+
+
+def read_prompts(path: Path) -> tuple[Mode, list[PromptRow]]:
+    """The mode and rows of a prompts CSV. The file's shape (columns, encoding, sources named twice or
+    not at all) is checked here, in one line; a row's prompts are checked by the caller, so that one
+    bad row becomes that source's error row."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM is not part of the first column's name
+    except (OSError, UnicodeDecodeError) as e:
+        reason = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror or e
+        raise DSCTError(f"cannot read the prompts file {path}: {reason}") from e
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        records = list(reader)
+    except csv.Error as e:
+        raise DSCTError(f"cannot read the prompts file {path}: line {reader.line_num}: {e}") from e
+    if not records:
+        raise DSCTError(f"{path}: empty prompts file: give a header line source,source_text,text (text mode) "
+                        "or source,style (image mode) and one line per source")
+    header = [c.strip() for c in records[0]]
+    mode = _prompt_mode(path, header)
+    rows: list[PromptRow] = []
+    seen: dict[str, int] = {}
+    for line, record in enumerate(records[1:], 2):
+        if not any(cell.strip() for cell in record):
+            continue  # a blank line
+        cells = dict(zip(header, record))
+        source = cells.get("source", "").strip()
+        if not source:
+            raise DSCTError(f"{path}: line {line}: no source file name")
+        if Path(source).name != source or source in (".", ".."):  # a path would reach outside the input folder
+            raise DSCTError(f"{path}: line {line}: source {source!r} is not a file name (sources are in the input folder)")
+        if source in seen:
+            raise DSCTError(f"{path}: line {line}: {source} is listed twice (first on line {seen[source]})")
+        seen[source] = line
+        problem = (f"{len(record)} cells, the header has {len(header)} (quote a text that holds a comma)"
+                   if len(record) > len(header) else None)
+        rows.append(PromptRow(line, source, {c: cells.get(c, "") for c in PROMPT_COLUMNS[mode][1:]}, problem))
+    return mode, rows

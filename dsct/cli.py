@@ -3,7 +3,8 @@
 Every TranslationConfig field is a flag of the same name (kebab-case); a flag left out keeps the
 preset's value. Everything that needs no model (settings, prompts, images, output names) is
 checked before the models load. Errors are one line on stderr and exit status 2 (130 on Ctrl-C).
-Batch bookkeeping (resume, atomic writes) lives in ``batch.py``.
+Batch bookkeeping (resume, atomic writes, prompts files) lives in ``batch.py``; under torchrun
+the batch's sources are split across the ranks (``distributed.py``) and rank 0 writes the tables.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import hub
+from . import distributed, hub
 from .batch import (
-    CSV_NAME, LOG_NAME, ResumePlan, append_rows, image_format, output_stems, plan_resume, read_log, save_image, write_csv,
-    write_log,
+    CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_log,
+    rank_logs, read_log, read_prompts, save_image, write_csv, write_log,
 )
-from .config import PRESETS, DType, GeneratorName, ModelConfig, TranslationConfig, preset
+from .config import PRESETS, DType, GeneratorName, Mode, ModelConfig, TranslationConfig, preset
 from .errors import DSCTError, ImageError
 from .images import MIN_SIDE
 from .pipeline import Request, Result, check_request, translate
@@ -33,7 +34,7 @@ from .pipeline import Request, Result, check_request, translate
 __all__ = ["main", "build_parser"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-SKIP_FLAGS = {"mode"}  # decided by --text / --style
+SKIP_FLAGS = {"mode"}  # decided by --text / --style (or the prompts file's columns)
 
 
 def _flag(name: str) -> str:
@@ -67,8 +68,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{name}-path", default=None, help=f"local {name} checkpoint instead of the registry download")
 
 
-def _add_guidance_flags(parser: argparse.ArgumentParser) -> None:
-    target = parser.add_mutually_exclusive_group(required=True)
+def _add_guidance_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    target = parser.add_mutually_exclusive_group(required=required)
     target.add_argument("--text", help="target text, e.g. 'Black Leopard' (text mode)")
     target.add_argument("--style", type=Path, help="style image (image mode)")
     parser.add_argument("--source-text", help="what the source shows, e.g. 'Lion' (text mode)")
@@ -90,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     many.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for outputs and results.jsonl / results.csv")
     many.add_argument("--retry-errors", action="store_true",
                       help="translate again the sources recorded as errors (by default a resumed run skips them)")
+    many.add_argument("--prompts", type=Path, default=None, metavar="FILE.csv",
+                      help="each listed source's own prompts, columns source,source_text,text (text mode) or source,style "
+                           "(image mode, paths relative to the CSV's folder); only listed sources are translated. "
+                           "Instead of --text/--source-text/--style")
     for p in (one, many):
-        _add_guidance_flags(p)
+        _add_guidance_flags(p, required=p is one)
         _add_config_flags(p)
         _add_model_flags(p)
     dl = sub.add_parser("download", help="fetch and verify the weights ahead of time", formatter_class=fmt)
@@ -100,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configs(args: argparse.Namespace) -> tuple[ModelConfig, TranslationConfig]:
-    mode = "image" if args.style is not None else "text"
+def _mode(args: argparse.Namespace) -> Mode:
+    return "image" if args.style is not None else "text"
+
+
+def _configs(args: argparse.Namespace, mode: Mode) -> tuple[ModelConfig, TranslationConfig]:
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TranslationConfig) if hasattr(args, f.name)}
     config = preset(mode, fast=args.fast, generator=args.generator, **overrides)
     model_kw = dict(generator=args.generator, load_clip=mode == "text", load_arcface=config.lambda_id > 0, tiny=args.tiny,
@@ -149,24 +157,24 @@ def _check_file(path: Path, name: str) -> None:
     raise ImageError(f"{name}: {path} is not a regular file" if path.exists() else f"{name}: file not found: {path}")
 
 
-def _check_inputs(args: argparse.Namespace, config: TranslationConfig, source: Path | None) -> Request:
+def _check_inputs(config: TranslationConfig, source: Path | None, *, text: str | None, source_text: str | None,
+                  style: Path | None) -> Request:
     """Prompts, the style image and (translate) the source, checked and decoded before any model loads.
 
     A batch passes no source: a blank stand-in takes its place here, and each source is checked
     when its turn comes, so that one unusable file becomes an error row instead of stopping the batch.
     """
-    for path, name in ((source, "source image"), (args.style, "style image")):
+    for path, name in ((source, "source image"), (style, "style image")):
         if path is not None:
             _check_file(path, name)
     stand_in = Image.new("RGB", (MIN_SIDE, MIN_SIDE))
-    return check_request(config, source if source is not None else stand_in, text=args.text,
-                         source_text=args.source_text, style=args.style)
+    return check_request(config, source if source is not None else stand_in, text=text, source_text=source_text, style=style)
 
 
-def _load_models(args: argparse.Namespace, model_cfg: ModelConfig) -> hub.Models:
+def _load_models(model_cfg: ModelConfig, device: torch.device | None, *, note: bool = True) -> hub.Models:
     """The networks, once: called only after every check that needs no model has passed."""
-    models = hub.load_models(model_cfg, _device(args.device))
-    if models.tiny:
+    models = hub.load_models(model_cfg, device)
+    if models.tiny and note:
         print("note: tiny random models — outputs are not meaningful pictures", file=sys.stderr)
     return models
 
@@ -191,11 +199,11 @@ def _record(source: Path, output: Path, r: Result) -> dict:
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
-    model_cfg, config = _configs(args)
-    request = _check_inputs(args, config, args.source)
+    model_cfg, config = _configs(args, _mode(args))
+    request = _check_inputs(config, args.source, text=args.text, source_text=args.source_text, style=args.style)
     image_format(_numbered(args.output, 1))  # an unknown suffix is refused before the work, not after it
     _make_dir(args.output.parent)
-    for r in _translate(_load_models(args, model_cfg), request, request.source, config, args):
+    for r in _translate(_load_models(model_cfg, _device(args.device)), request, request.source, config, args):
         path = _numbered(args.output, r.rank)
         save_image(r.image, path)
         print(json.dumps(_record(args.source, path, r)))
@@ -215,25 +223,41 @@ def _list_inputs(folder: Path) -> list[Path]:
 
 
 def _resume(args: argparse.Namespace, inputs: list[Path], samples: int) -> ResumePlan:
-    """Read the log back, report the lines it cannot use, decide what to redo, and rewrite the log
-    with only the rows kept (so appending starts after a whole line)."""
+    """Read the log back (with the per-rank logs a killed torchrun run left), report the lines it
+    cannot use, decide what to redo, and rewrite the log with only the rows kept (so appending starts
+    after a whole line, and no rank log is left to be read twice)."""
     log = args.output_dir / LOG_NAME
-    rows, problems = read_log(log)
-    if problems:
-        lines = ", ".join(str(p.line) for p in problems)
-        reasons = "; ".join(sorted({p.reason for p in problems}))
-        print(f"warning: {log}: dropped line{'s' * (len(problems) > 1)} {lines} ({reasons}); "
-              "the images they were about are translated again", file=sys.stderr)
+    rows, problems = [], []
+    for path in (log, *rank_logs(args.output_dir)):
+        more_rows, more_problems = read_log(path)
+        if more_problems:
+            lines = ", ".join(str(p.line) for p in more_problems)
+            reasons = "; ".join(sorted({p.reason for p in more_problems}))
+            print(f"warning: {path}: dropped line{'s' * (len(more_problems) > 1)} {lines} ({reasons}); "
+                  "the images they were about are translated again", file=sys.stderr)
+        rows += more_rows
+        problems += more_problems
     present = {p.name for p in args.output_dir.iterdir() if p.is_file()}
     plan = plan_resume(rows, problems, [p.name for p in inputs], present, samples=samples, retry_errors=args.retry_errors)
     write_log(log, plan.rows)
+    _remove_rank_logs(args.output_dir)
     return plan
+
+
+def _remove_rank_logs(folder: Path) -> None:
+    """Delete the per-rank logs once their rows are in ``results.jsonl``."""
+    for path in rank_logs(folder):
+        try:
+            path.unlink()
+        except OSError as e:
+            raise DSCTError(f"cannot remove {path}: {e.strerror or e}") from e
 
 
 def _resume_note(plan: ResumePlan, inputs: list[Path], args: argparse.Namespace) -> str | None:
     """What a run found already done; failures are counted apart, with the flag that retries them."""
     if not inputs:
-        return f"nothing to do: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input_dir}"
+        return (f"nothing to do: no sources listed in {args.prompts}" if args.prompts
+                else f"nothing to do: no images ({', '.join(IMAGE_SUFFIXES)}) in {args.input_dir}")
     if not plan.translated and not plan.failed:
         return None
     found = f"{plan.translated} translated"
@@ -243,15 +267,59 @@ def _resume_note(plan: ResumePlan, inputs: list[Path], args: argparse.Namespace)
     return f"{lead} in {args.output_dir}: already {found}"
 
 
-def _batch_source(models: hub.Models, request: Request, config: TranslationConfig, args: argparse.Namespace,
-                  source: Path, stem: str) -> list[dict]:
-    """Translate one source of a batch and save its outputs; an unusable file becomes an error row."""
+def _prompted(config: TranslationConfig, folder: Path, prompts: dict[str, str]) -> Request:
+    """One prompts-file row's prompts checked like the plain form's flags (style paths from ``folder``)."""
+    style = prompts.get("style")
+    if style is not None and not style.strip():
+        raise ImageError("style='' is not allowed: name a style image")
+    return _check_inputs(config, None, text=prompts.get("text"), source_text=prompts.get("source_text"),
+                         style=None if style is None else folder / style.strip())
+
+
+def _batch_jobs(args: argparse.Namespace, config: TranslationConfig, rows: list[PromptRow] | None,
+                ) -> tuple[list[Path], dict[str, Request | DSCTError], str | None]:
+    """The batch's sources, each one's checked prompts (the error that makes its row unusable,
+    recorded later as its error row), and a note on images the prompts file leaves out."""
+    folder = _list_inputs(args.input_dir)
+    if rows is None:
+        request = _check_inputs(config, None, text=args.text, source_text=args.source_text, style=args.style)
+        return folder, dict.fromkeys((p.name for p in folder), request), None
+    jobs: dict[str, Request | DSCTError] = {}
+    checked: dict[tuple[str, ...], Request] = {}  # rows with the same prompts share one decoded style image
+    for row in rows:
+        try:
+            if row.problem:
+                raise ImageError(row.problem)
+            _check_file(args.input_dir / row.source, "source image")
+            key = tuple(row.prompts.values())
+            if key not in checked:
+                checked[key] = _prompted(config, args.prompts.parent, row.prompts)
+            jobs[row.source] = checked[key]
+        except DSCTError as e:  # ConfigError (an empty or bad text) or ImageError
+            jobs[row.source] = DSCTError(f"{args.prompts} line {row.line}: {e}")
+    unlisted = [p.name for p in folder if p.name not in jobs]
+    note = (f"note: {len(unlisted)} image{'s' * (len(unlisted) > 1)} in {args.input_dir} not listed in {args.prompts} "
+            f"{'are' if len(unlisted) > 1 else 'is'} left out: {', '.join(unlisted[:3])}{' …' * (len(unlisted) > 3)}"
+            if unlisted else None)
+    return [args.input_dir / row.source for row in rows], jobs, note
+
+
+def _error_row(source: Path, error: DSCTError) -> list[dict]:
+    """An unusable source's one row, recorded so that a resumed run does not stop on it again."""
+    print(f"skipped {source.name}: {error}", file=sys.stderr)
+    return [{"source": source.name, "output": "", "error": str(error)}]
+
+
+def _batch_source(models: hub.Models | None, request: Request | DSCTError, config: TranslationConfig,
+                  args: argparse.Namespace, source: Path, stem: str) -> list[dict]:
+    """Translate one source of a batch and save its outputs; an unusable file or prompt becomes an error row."""
+    if isinstance(request, DSCTError):
+        return _error_row(source, request)
     try:
         _check_file(source, "source image")
         results = _translate(models, request, source, config, args)
-    except ImageError as e:  # recorded, so a resumed run does not stop on it again
-        print(f"skipped {source.name}: {e}", file=sys.stderr)
-        return [{"source": source.name, "output": "", "error": str(e)}]
+    except ImageError as e:
+        return _error_row(source, e)
     rows = []
     for r in results:
         path = args.output_dir / f"{stem}-{r.rank}.png"
@@ -260,24 +328,48 @@ def _batch_source(models: hub.Models, request: Request, config: TranslationConfi
     return rows
 
 
+def _merge(args: argparse.Namespace, sources: list[str]) -> list[dict]:
+    """Rank 0, once every rank is done: the ranks' rows appended to the log in source order, so it
+    holds what one process would have written."""
+    log = args.output_dir / LOG_NAME
+    rows = read_log(log)[0]
+    if ranked := rank_logs(args.output_dir):
+        rows += in_order([row for path in ranked for row in read_log(path)[0]], sources)
+        write_log(log, rows)
+        _remove_rank_logs(args.output_dir)
+    return rows
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
-    inputs = _list_inputs(args.input_dir)
-    model_cfg, config = _configs(args)
-    request = _check_inputs(args, config, None)
-    _make_dir(args.output_dir)
-    plan = _resume(args, inputs, samples=len(args.seeds) if args.seeds else config.samples)
-    if note := _resume_note(plan, inputs, args):
-        print(note, file=sys.stderr)
-    rows, todo = list(plan.rows), set(plan.todo)
+    prompts = read_prompts(args.prompts) if args.prompts else None
+    model_cfg, config = _configs(args, prompts[0] if prompts else _mode(args))
+    inputs, jobs, unlisted = _batch_jobs(args, config, prompts[1] if prompts else None)
+    ranks = distributed.start(_device(args.device))
+    lead = ranks.rank == 0  # writes the tables and reports; the other ranks only translate
+    if lead:
+        _make_dir(args.output_dir)
+        plan = _resume(args, inputs, samples=len(args.seeds) if args.seeds else config.samples)
+        for note in (unlisted, _resume_note(plan, inputs, args)):
+            if note:
+                print(note, file=sys.stderr)
+    todo = set(distributed.share(ranks, plan.todo if lead else None))
     sources = [p for p in inputs if p.name in todo]
-    if sources:
-        models = _load_models(args, model_cfg)
-        stems = output_stems([p.name for p in inputs])  # a stem shared by two images keeps its suffix
-        for source in tqdm(sources, desc="images", disable=args.quiet):
-            new = _batch_source(models, request, config, args, source, stems[source.name])
-            append_rows(args.output_dir / LOG_NAME, new)
-            rows += new
-    write_csv(args.output_dir / CSV_NAME, rows)
+    mine = distributed.shard(sources, ranks)
+    if not lead:
+        args = argparse.Namespace(**{**vars(args), "quiet": True})
+    log = args.output_dir / LOG_NAME if ranks.world == 1 else rank_log(args.output_dir, ranks.rank)
+    if any(isinstance(jobs[p.name], Request) for p in mine):
+        models = _load_models(model_cfg, ranks.device, note=lead)
+    else:
+        models = None  # only error rows to write
+    stems = output_stems([p.name for p in inputs])  # a stem shared by two images keeps its suffix
+    desc = "images" if ranks.world == 1 else f"images (rank 0's share of {ranks.world})"
+    for source in tqdm(mine, desc=desc, disable=args.quiet):
+        append_rows(log, _batch_source(models, jobs[source.name], config, args, source, stems[source.name]))
+    distributed.wait(ranks)
+    if lead:
+        write_csv(args.output_dir / CSV_NAME, _merge(args, [p.name for p in sources]))
+    distributed.stop(ranks)
     return 0
 
 
@@ -291,9 +383,20 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_target(args: argparse.Namespace) -> None:
+    """A batch takes its prompts from flags (one for all) or from a prompts file, never both."""
+    flags = [f for f, v in (("--text", args.text), ("--source-text", args.source_text), ("--style", args.style)) if v is not None]
+    if args.prompts is not None and flags:
+        raise DSCTError(f"--prompts gives each source its own prompts: leave out {', '.join(flags)}")
+    if args.prompts is None and args.text is None and args.style is None:
+        raise DSCTError("batch needs --text with --source-text (text mode), --style (image mode) or --prompts FILE.csv")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "batch":
+            _check_target(args)
         if args.command in ("translate", "batch") and args.text is not None and not args.source_text:
             raise DSCTError("--source-text is required with --text: say what the source shows, e.g. --source-text 'Lion'")
         return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download}[args.command](args)

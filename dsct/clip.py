@@ -22,6 +22,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.modified_resnet import Bottleneck, ModifiedResNet
+from open_clip.transformer import CustomResidualAttentionBlock, LayerScale, ResidualAttentionBlock, VisionTransformer
 from torch import Tensor, nn
 
 from .errors import ConfigError
@@ -33,6 +35,8 @@ __all__ = [
     "TINY_CONFIGS",
     "ClipEnsemble",
     "build_clip_models",
+    "fold_batchnorm",
+    "use_plain_attention",
 ]
 
 # SPEC §1: the reference ensemble. The `-quickgelu` names build OpenAI's QuickGELU activation; the
@@ -329,6 +333,73 @@ class ClipEnsemble(nn.Module):
         image = self._center_embeddings(x01)
         sims = [image[i] @ self._text_embeddings(i, [text])[0].to(image[i].device) for i in range(len(self.models))]
         return torch.stack(sims).mean(0)
+
+
+def _fold_pair(parent: nn.Module, conv_name: str, bn_name: str) -> None:
+    """conv → eval BN as one conv, per output channel: W' = W·γ/√(σ²+ε), b' = β + (b − μ)·γ/√(σ²+ε)."""
+    conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = torch.zeros_like(scale) if conv.bias is None else conv.bias.double()
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    bias = bn.bias.double() + (bias - bn.running_mean.double()) * scale
+    dtype, trainable = conv.weight.dtype, conv.weight.requires_grad
+    conv.weight = nn.Parameter(weight.to(dtype), requires_grad=trainable)
+    conv.bias = nn.Parameter(bias.to(dtype), requires_grad=trainable)
+    setattr(parent, bn_name, nn.Identity())
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold each BatchNorm of open_clip's ResNet towers (stem, bottlenecks, shortcuts) into the conv
+    before it; returns how many were folded. A frozen eval model then runs one kernel per conv→BN.
+
+    Call after the weights are loaded (the folded model has conv biases instead of the checkpoint's
+    BN keys), in eval mode only: a folded model has no batch statistics to train with.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs an eval-mode model: training BatchNorm uses batch statistics")
+    pairs: list[tuple[nn.Module, str, str]] = []
+    for module in model.modules():
+        if isinstance(module, (ModifiedResNet, Bottleneck)):
+            pairs += [(module, f"conv{i}", f"bn{i}") for i in (1, 2, 3)]
+        if isinstance(module, Bottleneck) and module.downsample is not None:
+            pairs.append((module.downsample, "0", "1"))  # shortcut: avgpool "-1", conv "0", BN "1"
+    pairs = [(parent, c, b) for parent, c, b in pairs if isinstance(getattr(parent, b), nn.BatchNorm2d)]
+    with torch.no_grad():
+        for parent, conv_name, bn_name in pairs:
+            _fold_pair(parent, conv_name, bn_name)
+    return len(pairs)
+
+
+def _plain_block(block: ResidualAttentionBlock) -> CustomResidualAttentionBlock:
+    """The same block as open_clip's "custom" type (linear qkv + SDPA), holding the same tensors."""
+    width = block.ln_1.normalized_shape[0]
+    with torch.device("meta"):  # no init: every tensor comes from the old block
+        plain = CustomResidualAttentionBlock(
+            width, block.attn.num_heads, block.mlp.c_fc.out_features / width,
+            ls_init_value=1.0 if isinstance(block.ls_1, LayerScale) else None,
+            act_layer=type(block.mlp.gelu), norm_layer=functools.partial(type(block.ln_1), eps=block.ln_1.eps),
+        )
+    plain.load_state_dict(block.state_dict(), strict=True, assign=True)
+    return plain.requires_grad_(block.ln_1.weight.requires_grad).train(block.training)
+
+
+def use_plain_attention(model: nn.Module) -> int:
+    """Swap the image tower's nn.MultiheadAttention blocks for open_clip's plain-linear + SDPA blocks;
+    returns how many. Same keys and tensors, same maths, fewer kernels: with an input that needs grad,
+    MultiheadAttention runs its projection as a batched GEMM over the positions.
+
+    The text tower is left alone (its causal mask runs once per call, without grad); open_clip's
+    grad checkpointing passes arguments the plain block does not take, so do not combine the two.
+    """
+    n = 0
+    for module in model.modules():
+        if isinstance(module, VisionTransformer):
+            blocks = module.transformer.resblocks
+            for k, block in enumerate(blocks):
+                if isinstance(block, ResidualAttentionBlock):
+                    blocks[k] = _plain_block(block)
+                    n += 1
+    return n
 
 
 # Tiny configs (open_clip's own CLIP class): one ModifiedResNet tower, one ViT tower; real vocabulary

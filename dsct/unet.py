@@ -5,8 +5,9 @@ Module and parameter names follow guided-diffusion's ``UNetModel`` (``time_embed
 ``input_blocks.N.M``, ``middle_block``, ``output_blocks``, ``out``) so its checkpoints
 (``256x256_diffusion_uncond.pt``, ``ffhq_10m.pt``) load with ``strict=True`` and no renaming.
 Attention keeps the checkpoints' *legacy* head split and runs through
-``F.scaled_dot_product_attention``; GroupNorm runs in fp32, so the model works under CUDA
-autocast (fp16/bf16) in place of guided-diffusion's ``use_fp16`` weight conversion.
+``F.scaled_dot_product_attention``; GroupNorm runs in fp32 by default, so the model works under CUDA
+autocast (fp16/bf16) in place of guided-diffusion's ``use_fp16`` weight conversion
+(``UNet.set_native_groupnorm`` runs it in the activations' dtype instead).
 """
 
 from __future__ import annotations
@@ -65,9 +66,20 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in fp32 and cast back, so fp16/bf16 activations keep their statistics."""
+    """GroupNorm computed in fp32 and cast back, so fp16/bf16 activations keep their statistics.
+
+    With ``native`` set (``UNet.set_native_groupnorm``) it runs on the input's dtype instead: the
+    native kernel accumulates its statistics in fp32 anyway, and skipping the two casts saves a full
+    read and write of every normalised activation (the largest memory item of a guided step).
+    """
+
+    native: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.native:
+            w = None if self.weight is None else self.weight.to(x.dtype)
+            b = None if self.bias is None else self.bias.to(x.dtype)
+            return F.group_norm(x, self.num_groups, w, b, self.eps)
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
@@ -338,6 +350,16 @@ class UNet(nn.Module):
         for module in self.modules():
             if isinstance(module, EmbedSequential):
                 module.grad_checkpointing = enable
+
+    def set_native_groupnorm(self, enable: bool = True) -> None:
+        """Run every GroupNorm in the activations' dtype (see ``GroupNorm32``); off: fp32, the default.
+
+        It matters for weights cast to bf16/fp16 (``dsct.hub.load_models``); under CUDA autocast, autocast's
+        own fp32 policy for ``group_norm`` still applies.
+        """
+        for module in self.modules():
+            if isinstance(module, GroupNorm32):
+                module.native = enable
 
     @classmethod
     def from_guided_diffusion(cls, *, device=None, dtype=None, **kwargs: object) -> UNet:

@@ -288,3 +288,76 @@ def test_plan_resume_redoes_incomplete_and_suspect_sources():
     assert plan.translated == 2 and plan.failed == 1
     assert plan.rows == [row("a", 1), row("a", 2), row("d", 1), row("d", 2), *errors]  # d's older duplicate dropped
     assert plan_resume(errors, [], ["e"], set(), samples=1, retry_errors=True).todo == ["e"]
+
+
+def _prompts_file(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_prompts_file_gives_each_image_its_own_texts(finished, tmp_path, capsys, monkeypatch):
+    texts = {"img0.png": ("Cat", "Tiger"), "img1.png": ("Dog", "Snow Owl")}
+    prompts = _prompts_file(tmp_path / "p.csv", "source,source_text,text\n" + "".join(f"{s},{a},{b}\n" for s, (a, b) in texts.items()))
+    out = tmp_path / "out"
+    assert main(["batch", str(finished.inputs), "--prompts", str(prompts), "-o", str(out), *FAST]) == 0
+    assert "not listed in" in capsys.readouterr().err  # broken.png, sub.png, gone.png: left out, no rows
+    assert sorted(r["source"] for r in _rows(out)) == ["img0.png", "img1.png"]
+    batch_rows = {r["source"]: {k: v for k, v in r.items() if k != "output"} for r in _rows(out)}
+    singles = {}
+    for source, (source_text, text) in [*texts.items(), ("img1.png", texts["img0.png"])]:
+        single = tmp_path / f"{source}-{text}.png"
+        assert main(["translate", str(finished.inputs / source), "--source-text", source_text, "--text", text,
+                     "-o", str(single), *FAST]) == 0
+        row = json.loads(capsys.readouterr().out)
+        singles[source, text] = single.read_bytes(), {k: v for k, v in row.items() if k != "output"}
+    assert ((out / "img0-1.png").read_bytes(), batch_rows["img0.png"]) == singles["img0.png", "Tiger"]
+    assert ((out / "img1-1.png").read_bytes(), batch_rows["img1.png"]) == singles["img1.png", "Snow Owl"]
+    assert singles["img1.png", "Snow Owl"][1] != singles["img1.png", "Tiger"][1]  # the text changes the row: the checks can fail
+    monkeypatch.setattr(hub, "load_models", lambda *a, **k: pytest.fail("nothing to do, yet the models were loaded"))
+    assert main(["batch", str(finished.inputs), "--prompts", str(prompts), "-o", str(out), *FAST]) == 0
+    assert "nothing to do" in capsys.readouterr().err  # resumed: both done
+
+
+def test_bad_prompt_rows_become_error_rows(finished, tmp_path, capsys, no_models):
+    prompts = _prompts_file(tmp_path / "p.csv", "source,style\nmissing.png,style.png\nimg0.png,\n"
+                            "img1.png,style.png,extra\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(finished.inputs), "--prompts", str(prompts), "-o", str(out), *FAST]) == 0  # no model needed
+    errors = {r["source"]: r["error"] for r in _rows(out)}
+    assert all(r["output"] == "" for r in _rows(out))
+    assert "line 2: source image: file not found" in errors["missing.png"]
+    assert "line 3: style='' is not allowed" in errors["img0.png"]
+    assert "line 4: 3 cells, the header has 2" in errors["img1.png"]
+    assert main(["batch", str(finished.inputs), "--prompts", str(prompts), "-o", str(out), *FAST]) == 0
+    assert "3 recorded as error" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "csv_text, extra, message",
+    [
+        ("source,text,colour\na.png,T,red\n", [], "unknown column 'colour'"),
+        ("source,text\na.png,T\n", [], "missing column source_text"),
+        ("source,source_text,text,style\na.png,S,T,s.png\n", [], "mixes text-mode columns"),
+        ("source,style\na.png,s.png\na.png,t.png\n", [], "a.png is listed twice (first on line 2)"),
+        ("source,style\n,s.png\n", [], "line 2: no source file name"),
+        ("source,style\n../a.png,s.png\n", [], "line 2: source '../a.png' is not a file name"),
+        ("", [], "empty prompts file"),
+        ("source,style\na.png,s.png\n", ["--style", "s.png"], "--prompts gives each source its own prompts: leave out --style"),
+        (None, [], "cannot read the prompts file"),
+    ],
+    ids=["unknown-column", "missing-column", "mixed-modes", "listed-twice", "no-source", "a-path", "empty", "both", "no-file"],
+)
+def test_bad_prompts_file_is_one_line_before_the_models_load(csv_text, extra, message, tmp_path, capsys, monkeypatch, no_models):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "in").mkdir()
+    if csv_text is not None:
+        _prompts_file(tmp_path / "p.csv", csv_text)
+    assert main(["batch", "in", "--prompts", "p.csv", "-o", "out", *extra, *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_batch_needs_flags_or_a_prompts_file(capsys, no_models):
+    assert main(["batch", "in", "-o", "out", *FAST]) == 2
+    assert capsys.readouterr().err.startswith("error: batch needs --text with --source-text (text mode), --style")

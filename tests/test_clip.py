@@ -11,8 +11,8 @@ from open_clip.transformer import QuickGELU
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 
 from dsct.clip import (
-    IMAGENET_TEMPLATES, OPENAI_MODELS, ClipEnsemble, ViewParams, _render, _sample_view_params, _view_theta,
-    build_clip_models,
+    IMAGENET_TEMPLATES, OPENAI_MODELS, TINY_CONFIGS, ClipEnsemble, ViewParams, _render, _sample_view_params,
+    _view_theta, build_clip_models, fold_batchnorm, use_plain_attention,
 )
 from dsct.errors import ConfigError
 
@@ -194,3 +194,80 @@ def test_text_similarity(ens):
         singles = torch.cat([ens.text_similarity(x[i : i + 1], "a cat") for i in range(3)])
     assert sim.shape == (3,) and sim.abs().max() <= 1
     torch.testing.assert_close(sim, singles, atol=1e-5, rtol=1e-5)
+
+
+def _tiny_resnet_clip(seed: int) -> open_clip.CLIP:
+    """The tiny ResNet CLIP with every BatchNorm given non-trivial random affine parameters and statistics."""
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**TINY_CONFIGS["tiny-rn"], quick_gelu=True).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.normal_(0.0, 0.5)
+            bn.running_mean.normal_(0.0, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+def test_fold_batchnorm_keeps_image_embeddings_and_gradients():
+    plain = _tiny_resnet_clip(0)
+    folded = open_clip.CLIP(**TINY_CONFIGS["tiny-rn"], quick_gelu=True).eval()
+    folded.load_state_dict(plain.state_dict(), strict=True)  # the checkpoint's keys load; folding comes after
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    assert fold_batchnorm(folded) == n_bn == 3 + 4 * 4  # stem 3; 4 bottlenecks of 3 + a shortcut each
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert fold_batchnorm(folded) == 0  # nothing left to fold
+
+    x0 = torch.rand(3, 3, 64, 64)
+    out = []
+    for model in (plain, folded):
+        x = x0.clone().requires_grad_(True)
+        emb = model.encode_image(x)
+        (grad,) = torch.autograd.grad(emb.square().sum(), x)
+        out.append((emb.detach(), grad))
+    (e_plain, g_plain), (e_fold, g_fold) = out
+    assert (e_fold - e_plain).abs().max() <= 1e-5 * e_plain.abs().max()
+    assert (g_fold - g_plain).abs().max() <= 1e-4 * g_plain.abs().max()
+
+
+def test_fold_batchnorm_needs_eval_and_leaves_vit_alone():
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(_tiny_resnet_clip(0).train())
+    torch.manual_seed(0)
+    vit = open_clip.CLIP(**TINY_CONFIGS["tiny-vit"], quick_gelu=True).eval()
+    keys = vit.state_dict().keys()
+    assert fold_batchnorm(vit) == 0 and vit.state_dict().keys() == keys
+
+
+def _encode_with_grad(model: open_clip.CLIP, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x0.clone().requires_grad_(True)
+    emb = model.encode_image(x)
+    (grad,) = torch.autograd.grad(emb.square().sum(), x)
+    return emb.detach(), grad
+
+
+def test_plain_attention_keeps_tensors_and_outputs():
+    torch.manual_seed(0)
+    plain = open_clip.CLIP(**TINY_CONFIGS["tiny-vit"], quick_gelu=True).eval().requires_grad_(False)
+    swapped = open_clip.CLIP(**TINY_CONFIGS["tiny-vit"], quick_gelu=True).eval()
+    swapped.load_state_dict(plain.state_dict(), strict=True)
+    swapped.requires_grad_(False)
+    n_blocks = len(plain.visual.transformer.resblocks)
+    assert use_plain_attention(swapped) == n_blocks
+    assert not any(isinstance(m, torch.nn.MultiheadAttention) for m in swapped.visual.modules())
+    before, after = plain.state_dict(), swapped.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(p.requires_grad for p in swapped.parameters())
+
+    x0 = torch.rand(3, 3, 48, 48)
+    (e_plain, g_plain), (e_swap, g_swap) = _encode_with_grad(plain, x0), _encode_with_grad(swapped, x0)
+    assert (e_swap - e_plain).abs().max() <= 1e-5 * e_plain.abs().max()
+    assert (g_swap - g_plain).abs().max() <= 1e-5 * g_plain.abs().max()
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32-quickgelu", "ViT-B-16-quickgelu", "RN50-quickgelu"])
+def test_plain_attention_real_towers_keep_keys(name):
+    model = build_clip_models([name], device="meta").models[0]
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert use_plain_attention(model) == (12 if name.startswith("ViT") else 0)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes

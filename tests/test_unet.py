@@ -9,7 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from dsct.errors import ConfigError, DSCTError, ImageError
-from dsct.unet import DIFFUSION_ONLY_KEYS, GD_MODEL_DEFAULTS, MODEL_CONFIGS, UNet, build_unet, checkpoint_filter_fn
+from dsct.unet import (
+    DIFFUSION_ONLY_KEYS, GD_MODEL_DEFAULTS, MODEL_CONFIGS, GroupNorm32, UNet, build_unet, checkpoint_filter_fn,
+)
 
 REAL_CHECKPOINTS = {"imagenet256": "adm_256_uncond_state_dict.json", "ffhq256": "adm_ffhq_256_state_dict.json"}
 
@@ -163,3 +165,47 @@ def test_from_guided_diffusion_errors(kwargs, field):
 def test_build_unet_unknown_name():
     with pytest.raises(ConfigError, match="imagenet256"):
         build_unet("sd15")
+
+
+def _input_grad(model: UNet, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Flattened fp32 gradient of a scalar loss on the output with respect to the input."""
+    x = x0.to(next(model.parameters()).dtype).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model(x, t).float().square().mean(), x)
+    return grad.float().flatten()
+
+
+def test_native_groupnorm_is_off_by_default_and_exact_in_fp32():
+    model, x, t = _tiny(), torch.randn(1, 3, 64, 64), _t(1)
+    assert not any(m.native for m in model.modules() if isinstance(m, GroupNorm32))
+    y_fp32 = model(x, t)
+    model.set_native_groupnorm(True)
+    assert all(m.native for m in model.modules() if isinstance(m, GroupNorm32))
+    torch.testing.assert_close(model(x, t), y_fp32, rtol=0, atol=0)  # fp32 input: the same kernel either way
+
+
+def test_native_groupnorm_bf16_input_gradient():
+    # Measured on CPU bf16 (torch 2.14.1): cos(native, fp32 GroupNorm) = 0.99948; against the all-fp32 model
+    # 0.99906 native, 0.99907 fp32 GroupNorm (default affine 1/0 instead: 0.99878; 0.99829 vs 0.99856). Below
+    # issue 12's 0.9999 bar, so fp32 stays the default (the GPU decision is left to benchmarks/bench_step.py); the
+    # gap is the size of the bf16 rounding of the rest of the net. These bounds catch a broken native path.
+    plain = _tiny()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial affine parameters (the default init is 1 and 0), so a lost bias shows
+        for norm in (m for m in plain.modules() if isinstance(m, GroupNorm32)):
+            norm.weight.copy_(torch.rand(norm.weight.shape, generator=gen) + 0.5)
+            norm.bias.copy_(torch.randn(norm.bias.shape, generator=gen) * 0.5)
+    model = _tiny()
+    model.load_state_dict(plain.state_dict())
+    model = model.to(torch.bfloat16)
+    x, t = torch.randn(2, 3, 64, 64), _t(2)
+    g_ref = _input_grad(plain, x, t)
+    g_fp32_norm = _input_grad(model, x, t)
+    model.set_native_groupnorm(True)
+    g_native = _input_grad(model, x, t)
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+    def cos(a: torch.Tensor, b: torch.Tensor) -> float:
+        return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+    assert cos(g_native, g_fp32_norm) >= 0.998
+    assert cos(g_native, g_ref) >= cos(g_fp32_norm, g_ref) - 1e-3
