@@ -220,7 +220,13 @@ def test_killed_run_resumes_to_the_same_files(finished, tmp_path):
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
-    while not (out / OUTPUTS[0]).exists():  # the first output is in place: kill it in the middle of the next
+
+    def first_done() -> bool:  # its PNG in place and its row logged (the PNG alone may still be redone)
+        log = out / "results.jsonl"
+        lines = log.read_text().split("\n")[:-1] if log.exists() else []  # complete lines only
+        return (out / OUTPUTS[0]).exists() and any(f'"{OUTPUTS[0]}"' in line for line in lines)
+
+    while not first_done():  # the first output is in place: kill it in the middle of the next
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline, "no output appeared"
         time.sleep(0.02)
