@@ -265,6 +265,12 @@ def memory_limit_gb() -> float | None:
     return None
 
 
+def _work_size(config: TranslationConfig, width: int, height: int) -> tuple[int, int]:
+    """The (W, H) a source of width x height is sampled at under the config's size policy."""
+    return working_size(width, height, size=config.size, max_long_side=config.max_long_side,
+                        resize_mode=config.resize_mode)
+
+
 def make_plan(mode: Mode, values: Mapping[str, Any]) -> Plan:
     """Check a handler's arguments and what they would cost, before any GPU is asked for.
 
@@ -277,8 +283,7 @@ def make_plan(mode: Mode, values: Mapping[str, Any]) -> Plan:
     text, source_text = values.get("text"), values.get("source_text")
     config = preset(mode, generator=generator, **_settings(values))  # the one validator
     request = check_request(config, source, text=text, source_text=source_text, style=style)
-    width, height = working_size(*request.source.size, size=config.size, max_long_side=config.max_long_side,
-                                 resize_mode=config.resize_mode)
+    width, height = _work_size(config, *request.source.size)
     seconds, memory = cost(generator, config, width * height)
     limit = memory_limit_gb()
     if limit is not None and memory > limit:
@@ -521,8 +526,7 @@ def estimate(mode: Mode, *values: Any) -> str:
         width, height = config.max_long_side, config.size  # the largest working size, until a source is given
         if values_by_name.get("source"):
             with Image.open(values_by_name["source"]) as im:  # the header only
-                width, height = working_size(*im.size, size=config.size, max_long_side=config.max_long_side,
-                                             resize_mode=config.resize_mode)
+                width, height = _work_size(config, *im.size)
         seconds, memory = cost(generator, config, width * height)
     except DSCTError as e:
         return f"*{e}*"
@@ -683,20 +687,6 @@ def pick_seed(randomize: bool, seed: Any) -> Any:
     return random_seed() if randomize else seed
 
 
-def before_after(source: str | None, gallery: Any) -> tuple[Image.Image, Image.Image] | None:
-    """The best result beside its source, at the result's size, for the before/after slider."""
-    if not source or not gallery:
-        return None
-    best = gallery[0][0] if isinstance(gallery[0], (tuple, list)) else gallery[0]
-    try:
-        with Image.open(getattr(best, "path", best)) as opened:
-            after = opened.convert("RGB")
-        before = fit_to(load_image(source, name="source image"), *after.size)  # as the model saw it
-    except (DSCTError, OSError):
-        return None
-    return before, after
-
-
 def _result_path(gallery: Any, index: int) -> str | None:
     """The file of result ``index`` (clamped), for "use as the source"."""
     if not gallery:
@@ -704,6 +694,20 @@ def _result_path(gallery: Any, index: int) -> str | None:
     item = gallery[min(max(index, 0), len(gallery) - 1)]
     image = item[0] if isinstance(item, (tuple, list)) else item
     return str(getattr(image, "path", image))
+
+
+def before_after(source: str | None, gallery: Any) -> tuple[Image.Image, Image.Image] | None:
+    """The best result beside its source, at the result's size, for the before/after slider."""
+    best = _result_path(gallery, 0)
+    if not source or best is None:
+        return None
+    try:
+        with Image.open(best) as opened:
+            after = opened.convert("RGB")
+        before = fit_to(load_image(source, name="source image"), *after.size)  # as the model saw it
+    except (DSCTError, OSError):
+        return None
+    return before, after
 
 
 def _selected(event: gr.SelectData) -> int:

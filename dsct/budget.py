@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from .config import TranslationConfig
+from .sampler import evaluations_per_attempt
 
 __all__ = [
     "REFERENCE_PIXELS", "BATCH_SLOPE", "H100_STEP_SECONDS", "MEMORY_GB", "evaluations", "batch_factor",
@@ -30,7 +31,7 @@ MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
 
 def evaluations(config: TranslationConfig) -> int:
     """Guided evaluations of one attempt: the steps after skip plus the resampling repeats."""
-    return config.t_start + config.resample_repeats
+    return evaluations_per_attempt(config.t_start, config.resample_repeats)
 
 
 def batch_factor(batch: int) -> float:
