@@ -38,7 +38,7 @@ from dsct import (
     load_models, preset, translate,
 )
 from dsct import budget
-from dsct.config import MAX_SAMPLES, RANGES, GeneratorName, Mode, format_range
+from dsct.config import MAX_SAMPLES, RANGES, GeneratorName, Mode, StepCapture, format_range
 from dsct.images import fit_to, load_image, to_pil, working_size
 from dsct.pipeline import check_request
 
@@ -890,15 +890,16 @@ TINY_DEFAULTS: dict[str, Any] = dict(steps=20, skip=10, divergence_until=5, resa
                                      max_long_side=192)  # a quick pass through the pipeline on a CPU
 
 
-def get_models(generators: Sequence[str], *, tiny: bool, device: str | None = None) -> dict[str, Models]:
+def get_models(generators: Sequence[str], *, tiny: bool, device: str | None = None,
+               step_capture: str = "eager") -> dict[str, Models]:
     """Load each generator's models once; the later ones share the first one's ViT and CLIP ensemble.
 
     Every generator's weight files are looked up first, so one error lists all that are missing.
     """
     from dsct.hub import prefetch
 
-    configs = [ModelConfig(generator=generator, tiny=tiny, load_clip=k == 0, load_arcface=generator == "ffhq")
-               for k, generator in enumerate(generators)]
+    configs = [ModelConfig(generator=generator, tiny=tiny, load_clip=k == 0, load_arcface=generator == "ffhq",
+                           step_capture=step_capture) for k, generator in enumerate(generators)]
     prefetch(configs)
     loaded: dict[str, Models] = {}
     for config in configs:
@@ -920,7 +921,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         choices=get_args(GeneratorName), help="diffusion models to offer")
     parser.add_argument("--device", type=torch.device, default=None,
                         help="torch device; default: CUDA when present, else CPU")
+    parser.add_argument("--step-capture", default=os.environ.get("DSCT_STEP_CAPTURE", "eager"),
+                        choices=get_args(StepCapture), help="how each guided step runs (also DSCT_STEP_CAPTURE; "
+                        "README: Captured steps); compile is not available on ZeroGPU")
     args = parser.parse_args(argv)
+    if args.step_capture not in get_args(StepCapture):  # a bad DSCT_STEP_CAPTURE: argparse checks only typed values
+        parser.error(f"DSCT_STEP_CAPTURE={args.step_capture!r}: one of {', '.join(get_args(StepCapture))}")
     if args.device is not None and args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA GPU is available here")
     return args
@@ -938,7 +944,7 @@ HOW_TO_GET_WEIGHTS = (
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        models = get_models(args.generators, tiny=args.tiny, device=args.device)
+        models = get_models(args.generators, tiny=args.tiny, device=args.device, step_capture=args.step_capture)
     except DSCTError as e:
         print(f"error: {e}\n\n{HOW_TO_GET_WEIGHTS}", file=sys.stderr)
         return 2

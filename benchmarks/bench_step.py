@@ -15,6 +15,12 @@ Sizes (all random weights: timing does not depend on weight values):
 Examples:
   python benchmarks/bench_step.py --size tiny --mode text image --batch 1 4 --steps 10
   python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --batch 1 4 --full-run
+  python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --capture cuda-graph --compare-capture
+
+--capture runs every step as ``ModelConfig.step_capture`` says (dsct.capture): eager, one CUDA graph
+per shape, or the whole step compiled. The first measured row's ``first_step_seconds`` includes the
+capture (or compile). The per-network work counters need eager steps (a replayed graph runs no
+Python hooks), so they are left out (null) under the other modes.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import resource
 import statistics
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +49,13 @@ from benchmarks.counters import (  # noqa: E402
     OpCounter, PilCounter, SyncCounter, attention_blocks, params_with_grad, watch_models,
 )
 from dsct import images  # noqa: E402
+from dsct.capture import step_function  # noqa: E402
 from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models, fold_batchnorm, use_plain_attention  # noqa: E402
 from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
 from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
 from dsct.pipeline import prepare_images, schedule_for, translate  # noqa: E402
+from dsct.diffusion import model_timesteps, p_mean_variance  # noqa: E402
 from dsct.sampler import StepEvent, sample_guided  # noqa: E402
 from dsct.unet import MODEL_CONFIGS, UNet, build_unet  # noqa: E402
 from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
@@ -54,6 +63,7 @@ from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
 TEXT, SOURCE_TEXT = "Black Leopard", "Cat"
 NARROW = 4  # narrow = real layout at 1/NARROW of the width
 BUILD_SEED = 0
+COMPILE_BACKEND: str | None = None  # --compile-backend: e.g. aot_eager for a quick CPU check of the compile path
 
 
 # --- models --------------------------------------------------------------------------------
@@ -92,13 +102,14 @@ def _builders(size: str, clip_names: tuple[str, ...] | None, device: torch.devic
 
 def build_models(
     size: str, device: torch.device, dtype: str, *, clip_names: tuple[str, ...] | None, grad_checkpointing: bool = False,
+    capture: str = "eager",
 ) -> Models:
     """Models of one benchmark size through ``load_models`` (frozen, eval, compute dtype).
 
     ``clip_names`` None: no CLIP models (image mode only). Tiny always has its two tiny CLIP towers.
     """
     config = ModelConfig(
-        tiny=size == "tiny", dtype=dtype, grad_checkpointing=grad_checkpointing,
+        tiny=size == "tiny", dtype=dtype, grad_checkpointing=grad_checkpointing, step_capture=capture,
         load_clip=clip_names is not None, clip_models=clip_names or OPENAI_MODELS)
     if size == "tiny":
         return load_models(config, device)
@@ -147,6 +158,19 @@ def synthetic_image(width: int, height: int, seed: int) -> Image.Image:
 
 
 # --- measurements --------------------------------------------------------------------------
+
+
+class NoCounter:
+    """Stands in for ``watch_models`` when steps are captured: no hooks, and every count reported as null."""
+
+    def snapshot(self) -> Counter:
+        return Counter()
+
+    def reset(self) -> None:
+        pass
+
+    def remove(self) -> None:
+        pass
 
 
 def _reset_peak(device: torch.device) -> None:
@@ -228,7 +252,8 @@ def bench_steps(
     x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, device)
 
     _reset_peak(device)
-    counter = watch_models(models, attention_runs=count_attention)
+    eager = models.config.step_capture == "eager"
+    counter = watch_models(models, attention_runs=count_attention) if eager else NoCounter()
     guide = build_guide(
         config, schedule, x_src, vit=models.vit, clip=models.clip if mode == "text" else None,
         style=x_style, text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None)
@@ -254,43 +279,52 @@ def bench_steps(
             counter.reset()
             begin()
 
+    clock.mark()  # before step 1: its time (with any capture or compile) is first_step_seconds
     if warmup == 0:
-        clock.mark()
         begin()
     # restart check on, threshold out of reach: random weights must not drop samples mid-measurement
+    step = step_function(models.config.step_capture, models.unet, guide.schedule, guide, batch,
+                         compile_backend=COMPILE_BACKEND)
     sample_guided(models.unet, schedule, guide, x_src, [torch.Generator().manual_seed(k) for k in range(batch)],
-                  t_start=t_start, repeats=1, restart_threshold=math.inf, callback=on_step)
+                  t_start=t_start, repeats=1, restart_threshold=math.inf, callback=on_step, step=step)
     if prof is not None or ops is not None:
         counter.remove()
         return prof.stop(steps) if prof is not None else dict(aten_ops_per_step=_per_step(ops.stop(), steps))
     n_syncs, n_pil = syncs.stop(), pils.stop()
-    per_step = clock.seconds()[-steps:]
+    all_steps = clock.seconds()
+    per_step = all_steps[-steps:]
     counts = counter.snapshot()
     counter.remove()
+
+    def per(total: int, steps: int) -> float | int | None:  # hook counts: eager steps only
+        return _per_step(total, steps) if eager else None
+
     grads, trainable = params_with_grad(models)
     clip_names = models.clip.names if models.clip is not None and mode == "text" else ()
-    clip_by_model = {n: _per_step(counts[f"clip:{n}.images"], steps) for n in clip_names}
+    clip_by_model = {n: per(counts[f"clip:{n}.images"], steps) for n in clip_names}
     return dict(
         seconds_per_step=statistics.median(per_step),
         seconds_per_sample_step=statistics.median(per_step) / batch,
         seconds_per_step_min=min(per_step),
+        step_capture=models.config.step_capture,
+        first_step_seconds=round(all_steps[0], 3) if all_steps else None,  # with the capture / compile
         peak_memory_mb=round(peak_memory_mb(device), 1),
-        unet_forward_per_step=_per_step(counts["unet.forward"], steps),
-        unet_backward_per_step=_per_step(counts["unet.backward"], steps),
-        unet_images_per_step=_per_step(counts["unet.images"], steps),
+        unet_forward_per_step=per(counts["unet.forward"], steps),
+        unet_backward_per_step=per(counts["unet.backward"], steps),
+        unet_images_per_step=per(counts["unet.images"], steps),
         unet_attention_blocks=attention_blocks(models.unet),
-        unet_attention_forwards_per_step=_per_step(counts["unet_attention.forward"], steps) if count_attention else None,
-        vit_forward_per_step=_per_step(counts["vit.forward"], steps),
-        vit_backward_per_step=_per_step(counts["vit.backward"], steps),
-        vit_patch_embed_per_step=_per_step(counts["vit_patch_embed.forward"], steps),
-        clip_encode_calls_per_step=_per_step(sum(counts[f"clip:{n}.forward"] for n in clip_names), steps),
-        clip_image_encodes_per_step=_per_step(sum(counts[f"clip:{n}.images"] for n in clip_names), steps),
-        clip_backward_per_step=_per_step(sum(counts[f"clip:{n}.backward"] for n in clip_names), steps),
+        unet_attention_forwards_per_step=per(counts["unet_attention.forward"], steps) if count_attention else None,
+        vit_forward_per_step=per(counts["vit.forward"], steps),
+        vit_backward_per_step=per(counts["vit.backward"], steps),
+        vit_patch_embed_per_step=per(counts["vit_patch_embed.forward"], steps),
+        clip_encode_calls_per_step=per(sum(counts[f"clip:{n}.forward"] for n in clip_names), steps),
+        clip_image_encodes_per_step=per(sum(counts[f"clip:{n}.images"] for n in clip_names), steps),
+        clip_backward_per_step=per(sum(counts[f"clip:{n}.backward"] for n in clip_names), steps),
         clip_images_per_model_per_step=clip_by_model,
         n_cuts=config.n_cuts if clip_names else 0,
-        fixed_vit_forwards=fixed["vit.forward"],
-        fixed_clip_image_encodes=sum(fixed[f"clip:{n}.images"] for n in clip_names),
-        fixed_unet_forwards=fixed["unet.forward"],
+        fixed_vit_forwards=fixed["vit.forward"] if eager else None,
+        fixed_clip_image_encodes=sum(fixed[f"clip:{n}.images"] for n in clip_names) if eager else None,
+        fixed_unet_forwards=fixed["unet.forward"] if eager else None,
         host_syncs_per_step=None if n_syncs < 0 else _per_step(n_syncs, steps),
         pil_images_per_step=_per_step(n_pil, steps),
         params_with_grad=grads,
@@ -299,11 +333,53 @@ def bench_steps(
     )
 
 
+def _guide_for(models: Models, mode: str, config: TranslationConfig, source: Image.Image, style: Image.Image):
+    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, models.device)
+    guide = build_guide(
+        config, schedule_for(config.steps), x_src, vit=models.vit, clip=models.clip if mode == "text" else None,
+        style=x_style, text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None)
+    return x_src, guide
+
+
+def compare_capture(models: Models, mode: str, *, source: Image.Image, style: Image.Image, steps: int = 10) -> dict:
+    """The captured step against the eager one on the same inputs (batch 1): the cosine of one step's
+    guidance shift σ²·g (guided minus unguided x_{t-1}, noise zero) and x̂0 after ``steps`` steps."""
+    config = preset(mode)
+    capture = models.config.step_capture
+    x_src, guide = _guide_for(models, mode, config, source, style)
+    g = torch.Generator().manual_seed(0)
+    x = (x_src + 0.5 * torch.randn(x_src.shape, generator=g).to(x_src.device)).contiguous()
+    i = torch.full((1,), config.t_start, device=x.device, dtype=torch.long)
+    noise = torch.zeros_like(x)
+    views = guide.draw_views([torch.Generator().manual_seed(1)], *x.shape[2:])
+    state = guide.initial_state(1)
+    with torch.no_grad():  # the unguided posterior mean: what x_{t-1} is with noise zero and no gradient
+        out = models.unet(x.to(models.dtype), model_timesteps(guide.schedule, i)).float()
+        base = p_mean_variance(guide.schedule, out, x, i).mean
+    shift = {name: step_function(name, models.unet, guide.schedule, guide, 1, compile_backend=COMPILE_BACKEND)(
+                 x, i, noise, views, state).x_prev - base
+             for name in ("eager", capture)}
+    cosine = torch.nn.functional.cosine_similarity(shift["eager"].flatten().double(), shift[capture].flatten().double(), dim=0)
+    x0 = {}
+    for name in ("eager", capture):
+        step = step_function(name, models.unet, guide.schedule, guide, 1, compile_backend=COMPILE_BACKEND)
+        x0[name] = sample_guided(models.unet, guide.schedule, guide, x_src, [torch.Generator().manual_seed(2)],
+                                 t_start=steps - 1, repeats=1, restart_threshold=math.inf, step=step).x0
+    diff = (x0[capture] - x0["eager"]).abs()
+    return dict(
+        capture_vs_eager_shift_cosine=round(cosine.item(), 6),
+        capture_vs_eager_x0_max_abs=round(diff.max().item(), 6),
+        capture_vs_eager_x0_mean_abs=round(diff.mean().item(), 6),
+        capture_compare_steps=steps,
+    )
+
+
 def bench_full_run(models: Models, mode: str, batch: int, *, source: Image.Image, style: Image.Image, restarts: bool) -> dict:
     """One whole default translation (the mode's preset) through ``dsct.translate``, timed end to end."""
     device = models.device
     config = preset(mode, samples=batch, range_restart=restarts)
-    counter = watch_models(models)
+    eager = models.config.step_capture == "eager"
+    counter = watch_models(models) if eager else NoCounter()  # a replayed graph runs no hooks
     _reset_peak(device)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -316,11 +392,13 @@ def bench_full_run(models: Models, mode: str, batch: int, *, source: Image.Image
     seconds = time.perf_counter() - start
     counts = counter.snapshot()
     counter.remove()
-    evaluations = counts["unet.forward"]
+    evaluations = counts["unet.forward"] if eager else None
+    expected = config.t_start + config.resample_repeats
     return dict(
         full_run_seconds=round(seconds, 3),
+        step_capture=models.config.step_capture,
         guided_evaluations=evaluations,
-        seconds_per_evaluation=round(seconds / max(evaluations, 1), 4),
+        seconds_per_evaluation=round(seconds / max(evaluations or expected, 1), 4),
         expected_evaluations=config.t_start + config.resample_repeats,
         restarts=[r.restarts for r in results],
         range_restart=restarts,
@@ -354,8 +432,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"CLIP models for narrow/full (default all: {' '.join(OPENAI_MODELS)}); tiny has its own two")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute UNet blocks in backward (less memory)")
     p.add_argument("--channels-last", action="store_true", help="channels_last weights for the UNet and CLIP ResNets")
-    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
-                   help="torch.compile the UNet forward (mode: default, max-autotune-no-cudagraphs, ...)")
+    p.add_argument("--compile-unet", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the UNet forward only (mode: default, max-autotune-no-cudagraphs, ...)")
+    p.add_argument("--graph", action="store_true", help="every step replayed as one CUDA graph (step_capture='cuda-graph')")
+    p.add_argument("--compile", action="store_true",
+                   help="the whole step compiled (step_capture='compile': Inductor, fullgraph, reduce-overhead on CUDA)")
+    p.add_argument("--compile-backend", default=None, metavar="NAME",
+                   help="with --compile: a torch.compile backend other than inductor (aot_eager: a quick CPU check)")
+    p.add_argument("--compare-capture", action="store_true",
+                   help="with --graph or --compile: also the captured vs eager guidance-shift cosine of one step and "
+                        "x̂0 after 10 steps")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
     p.add_argument("--fold-bn", action="store_true", help="fold the CLIP ResNets' eval BatchNorm into their convs")
     p.add_argument("--native-groupnorm", action="store_true",
@@ -390,8 +476,16 @@ def main(argv: list[str] | None = None) -> int:
     clip_names = tuple(args.clip_models or OPENAI_MODELS) if needs_clip else None
 
     start = time.perf_counter()
-    models = build_models(args.size, device, args.dtype, clip_names=clip_names, grad_checkpointing=args.grad_checkpointing)
-    apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile, fold_bn=args.fold_bn,
+    if args.graph and args.compile:
+        raise SystemExit("--graph and --compile are two ways to capture the step: pick one")
+    capture = "cuda-graph" if args.graph else "compile" if args.compile else "eager"
+    global COMPILE_BACKEND
+    COMPILE_BACKEND = args.compile_backend
+    if args.compare_capture and capture == "eager":
+        raise SystemExit("--compare-capture compares --graph or --compile with eager steps: give one of them")
+    models = build_models(args.size, device, args.dtype, clip_names=clip_names, grad_checkpointing=args.grad_checkpointing,
+                          capture=capture)
+    apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile_unet, fold_bn=args.fold_bn,
                         native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention)
     build_seconds = time.perf_counter() - start
     weights_mb = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else None
@@ -400,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     common = dict(
         size=args.size, device=args.device, machine=machine(device), torch=torch.__version__, dtype=args.dtype,
         height=args.height, width=args.width, grad_checkpointing=args.grad_checkpointing,
-        channels_last=args.channels_last, compile=args.compile, cudnn_benchmark=args.cudnn_benchmark,
+        channels_last=args.channels_last, compile_unet=args.compile_unet, cudnn_benchmark=args.cudnn_benchmark,
         fold_bn=args.fold_bn, native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention,
         clip_models=list(models.clip.names) if models.clip is not None else [],
         build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
@@ -408,13 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         for batch in args.batch:
             row = bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source, style=style,
-                              count_attention=not args.compile)
+                              count_attention=not args.compile_unet)
             if args.profile:
                 row |= bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source,
-                                   style=style, profile=True, count_attention=not args.compile)
+                                   style=style, profile=True, count_attention=not args.compile_unet)
             if args.count_ops:
                 row |= bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source,
-                                   style=style, count_ops=True, count_attention=not args.compile)
+                                   style=style, count_ops=True, count_attention=not args.compile_unet)
+            if args.compare_capture and batch == args.batch[0]:
+                row |= compare_capture(models, mode, source=source, style=style)
             print(json.dumps(dict(common, mode=mode, batch=batch, steps=args.steps, warmup=args.warmup, **row)), flush=True)
     for mode in full_modes:
         for batch in args.batch:

@@ -8,9 +8,11 @@ file is written through a temporary name in its own folder and ``os.replace``, s
 leaves the old file or the new one, never half of one.
 
 Under torchrun each rank appends to its own ``results.rankR.jsonl`` (``rank_log``), so that no two
-processes (maybe on two machines sharing a folder) append to one file; rank 0 folds them into
-``results.jsonl`` when the run ends, and the next run folds in whatever a killed run left. A prompts
-file (``read_prompts``) gives each source its own texts or style image.
+processes (maybe on two machines sharing a folder) append to one file; rank 0 reads them as they
+grow for the progress line, folds them into ``results.jsonl`` when the run ends, and the next run
+folds in whatever a killed run left. The other ranks' hidden ``.results.rankR.alive`` files
+(``rank_beat``) tell rank 0 they are alive, then done. A prompts file (``read_prompts``) gives each
+source its own texts or style image.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .errors import DSCTError
 __all__ = [
     "LOG_NAME", "CSV_NAME", "LogProblem", "ResumePlan", "write_atomic", "image_format", "save_image",
     "read_log", "parse_log", "plan_resume", "write_log", "append_rows", "write_csv", "output_stems",
-    "PromptRow", "read_prompts", "rank_log", "rank_logs", "in_order",
+    "PromptRow", "read_prompts", "rank_log", "rank_logs", "rank_beat", "rank_beats", "in_order",
 ]
 
 LOG_NAME, CSV_NAME = "results.jsonl", "results.csv"
@@ -245,6 +247,17 @@ def rank_logs(folder: Path) -> list[Path]:
     """The per-rank logs in ``folder`` (left by a run not yet merged), by rank."""
     found = (p for p in folder.glob("results.rank*.jsonl") if p.name[12:-6].isdigit())
     return sorted(found, key=lambda p: int(p.name[12:-6]))
+
+
+def rank_beat(folder: Path, rank: int) -> Path:
+    """The heartbeat file a torchrun rank other than 0 rewrites while it works (``distributed.heartbeat``)."""
+    return folder / f".results.rank{rank}.alive"
+
+
+def rank_beats(folder: Path) -> list[Path]:
+    """The heartbeat files in ``folder``, by rank."""
+    found = (p for p in folder.glob(".results.rank*.alive") if p.name[13:-6].isdigit())
+    return sorted(found, key=lambda p: int(p.name[13:-6]))
 
 
 def in_order(rows: Iterable[dict], sources: Sequence[str]) -> list[dict]:

@@ -4,7 +4,8 @@ Every TranslationConfig field is a flag of the same name (kebab-case); a flag le
 preset's value. Everything that needs no model (settings, prompts, images, output names) is
 checked before the models load. Errors are one line on stderr and exit status 2 (130 on Ctrl-C).
 Batch bookkeeping (resume, atomic writes, prompts files) lives in ``batch.py``; under torchrun
-the batch's sources are split across the ranks (``distributed.py``) and rank 0 writes the tables.
+the batch's sources are split across the ranks (``distributed.py``); rank 0 reports every rank's
+progress and writes the tables.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from tqdm.auto import tqdm
 
 from . import distributed, hub
 from .batch import (
-    CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_log,
-    rank_logs, read_log, read_prompts, save_image, write_csv, write_log,
+    CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_beat,
+    rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, write_csv, write_log,
 )
-from .config import PRESETS, DType, GeneratorName, Mode, ModelConfig, TranslationConfig, preset
+from .config import PRESETS, DType, GeneratorName, Mode, ModelConfig, StepCapture, TranslationConfig, preset
 from .errors import DSCTError, ImageError
 from .images import MIN_SIDE
 from .pipeline import Request, Result, check_request, translate
@@ -64,6 +65,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--generator", default="imagenet", choices=get_args(GeneratorName), help="diffusion model: ImageNet 256 or FFHQ faces (adds the identity loss)")
     group.add_argument("--clip-models", nargs="+", default=None, metavar="NAME", help="CLIP ensemble for text mode (default: the five OpenAI models)")
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less GPU memory, slower")
+    group.add_argument("--step-capture", default="eager", choices=get_args(StepCapture),
+                       help="run each guided step eagerly, as a CUDA graph (CUDA only) or compiled whole (README: Captured steps)")
     for name in ("unet", "vit", "arcface"):
         group.add_argument(f"--{name}-path", default=None, help=f"local {name} checkpoint instead of the registry download")
 
@@ -113,7 +116,7 @@ def _configs(args: argparse.Namespace, mode: Mode) -> tuple[ModelConfig, Transla
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TranslationConfig) if hasattr(args, f.name)}
     config = preset(mode, fast=args.fast, generator=args.generator, **overrides)
     model_kw = dict(generator=args.generator, load_clip=mode == "text", load_arcface=config.lambda_id > 0, tiny=args.tiny,
-                    dtype=args.dtype, grad_checkpointing=args.grad_checkpointing,
+                    dtype=args.dtype, grad_checkpointing=args.grad_checkpointing, step_capture=args.step_capture,
                     unet_path=args.unet_path, vit_path=args.vit_path, arcface_path=args.arcface_path)
     if args.clip_models:
         model_kw["clip_models"] = tuple(args.clip_models)
@@ -241,12 +244,17 @@ def _resume(args: argparse.Namespace, inputs: list[Path], samples: int) -> Resum
     plan = plan_resume(rows, problems, [p.name for p in inputs], present, samples=samples, retry_errors=args.retry_errors)
     write_log(log, plan.rows)
     _remove_rank_logs(args.output_dir)
+    _remove(rank_beats(args.output_dir))  # a killed run's: the ranks write theirs after the plan
     return plan
 
 
 def _remove_rank_logs(folder: Path) -> None:
     """Delete the per-rank logs once their rows are in ``results.jsonl``."""
-    for path in rank_logs(folder):
+    _remove(rank_logs(folder))
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
         try:
             path.unlink()
         except OSError as e:
@@ -305,8 +313,8 @@ def _batch_jobs(args: argparse.Namespace, config: TranslationConfig, rows: list[
 
 
 def _error_row(source: Path, error: DSCTError) -> list[dict]:
-    """An unusable source's one row, recorded so that a resumed run does not stop on it again."""
-    print(f"skipped {source.name}: {error}", file=sys.stderr)
+    """An unusable source's one row, recorded so that a resumed run does not stop on it again (the
+    progress line names it on stderr, whichever rank wrote it)."""
     return [{"source": source.name, "output": "", "error": str(error)}]
 
 
@@ -340,14 +348,67 @@ def _merge(args: argparse.Namespace, sources: list[str]) -> list[dict]:
     return rows
 
 
+class _Progress:
+    """The batch's one progress line: sources done of this run's total, across every rank, and how
+    many became error rows, each named on stderr as its row comes in. Fed with rows as they are
+    logged: by the loop in one process, by rank 0's follower thread (the only writer) under torchrun."""
+
+    def __init__(self, total: int, desc: str, quiet: bool):
+        self.bar = tqdm(total=total, desc=desc, unit="image", disable=quiet, postfix={"errors": 0})
+        self.seen: set[str] = set()
+        self.errors = 0
+
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            if row["source"] in self.seen:  # a source's further outputs
+                continue
+            self.seen.add(row["source"])
+            if "error" in row:
+                self.errors += 1
+                self.note(f"skipped {row['source']}: {row['error']}")
+                self.bar.set_postfix(errors=self.errors, refresh=False)
+            self.bar.update(1)
+
+    def note(self, line: str) -> None:
+        tqdm.write(line, file=sys.stderr)  # above the bar, which is redrawn below it
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+
+def _batch_share(models: hub.Models | None, jobs: dict[str, Request | DSCTError], mine: list[Path],
+                 stems: dict[str, str], config: TranslationConfig, args: argparse.Namespace, log: Path,
+                 progress: _Progress | None = None) -> None:
+    """Translate this rank's share, appending each source's rows to ``log`` as it is done."""
+    for source in mine:
+        rows = _batch_source(models, jobs[source.name], config, args, source, stems[source.name])
+        append_rows(log, rows)
+        if progress is not None:
+            progress.add(rows)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     prompts = read_prompts(args.prompts) if args.prompts else None
     model_cfg, config = _configs(args, prompts[0] if prompts else _mode(args))
     inputs, jobs, unlisted = _batch_jobs(args, config, prompts[1] if prompts else None)
     ranks = distributed.start(_device(args.device))
-    lead = ranks.rank == 0  # writes the tables and reports; the other ranks only translate
+    try:
+        return _batch_ranks(args, ranks, model_cfg, config, inputs, jobs, unlisted)
+    finally:
+        distributed.stop(ranks)
+
+
+def _batch_ranks(args: argparse.Namespace, ranks: distributed.Ranks, model_cfg: ModelConfig, config: TranslationConfig,
+                 inputs: list[Path], jobs: dict[str, Request | DSCTError], unlisted: str | None) -> int:
+    """The batch on this rank: rank 0 plans (resume), every rank translates its share, rank 0
+    reports every rank's progress and writes the tables; the other ranks print only errors."""
+    out, lead = args.output_dir, ranks.rank == 0
+    stale = distributed.stale_after() if ranks.world > 1 else 0.0  # a bad value stops every rank before the plan
     if lead:
-        _make_dir(args.output_dir)
+        _make_dir(out)
         plan = _resume(args, inputs, samples=len(args.seeds) if args.seeds else config.samples)
         for note in (unlisted, _resume_note(plan, inputs, args)):
             if note:
@@ -355,21 +416,33 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     todo = set(distributed.share(ranks, plan.todo if lead else None))
     sources = [p for p in inputs if p.name in todo]
     mine = distributed.shard(sources, ranks)
-    if not lead:
-        args = argparse.Namespace(**{**vars(args), "quiet": True})
-    log = args.output_dir / LOG_NAME if ranks.world == 1 else rank_log(args.output_dir, ranks.rank)
-    if any(isinstance(jobs[p.name], Request) for p in mine):
-        models = _load_models(model_cfg, ranks.device, note=lead)
-    else:
-        models = None  # only error rows to write
     stems = output_stems([p.name for p in inputs])  # a stem shared by two images keeps its suffix
-    desc = "images" if ranks.world == 1 else f"images (rank 0's share of {ranks.world})"
-    for source in tqdm(mine, desc=desc, disable=args.quiet):
-        append_rows(log, _batch_source(models, jobs[source.name], config, args, source, stems[source.name]))
-    distributed.wait(ranks)
-    if lead:
-        write_csv(args.output_dir / CSV_NAME, _merge(args, [p.name for p in sources]))
-    distributed.stop(ranks)
+    needs_models = any(isinstance(jobs[p.name], Request) for p in mine)  # not when only error rows are to be written
+    if ranks.world == 1:
+        models = _load_models(model_cfg, ranks.device) if needs_models else None
+        with _Progress(len(sources), "images", args.quiet) as progress:
+            _batch_share(models, jobs, mine, stems, config, args, out / LOG_NAME, progress)
+        write_csv(out / CSV_NAME, _merge(args, [p.name for p in sources]))
+        return 0
+    quiet = args.quiet
+    args = argparse.Namespace(**{**vars(args), "quiet": True})  # no per-step bars: rank 0's line counts every rank's images
+    log = rank_log(out, ranks.rank)
+    if not lead:
+        with distributed.heartbeat(rank_beat(out, ranks.rank), period=min(5.0, stale / 6)):
+            models = _load_models(model_cfg, ranks.device, note=False) if needs_models else None
+            _batch_share(models, jobs, mine, stems, config, args, log)
+        return 0
+    models = _load_models(model_cfg, ranks.device) if needs_models else None  # its note goes above the line
+    with _Progress(len(sources), f"images ({ranks.world} ranks)", quiet) as progress:
+        follower = distributed.Follower(distributed.Watch(out, ranks.world, stale=stale), progress.add,
+                                        lambda why: progress.note(f"warning: {why}; the other ranks go on"))
+        try:
+            _batch_share(models, jobs, mine, stems, config, args, log)  # its rows reach the line through the follower
+            follower.finish()
+        finally:
+            follower.close()
+    write_csv(out / CSV_NAME, _merge(args, [p.name for p in sources]))
+    _remove(rank_beats(out))
     return 0
 
 

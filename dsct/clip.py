@@ -219,11 +219,9 @@ def _render(x01: Tensor, theta: Tensor, size: tuple[int, int]) -> Tensor:
     return views.reshape(b, 3, n, h, w).transpose(1, 2).reshape(b * n, 3, h, w)
 
 
-def _clip_normalize(x01: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """CLIP's per-channel normalisation of a [0,1] image."""
-    m = torch.tensor(mean, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, -1, 1, 1)  # no host sync
-    s = torch.tensor(std, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, -1, 1, 1)
-    return (x01 - m) / s
+def _clip_normalize(x01: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """CLIP's per-channel normalisation of a [0,1] image; mean and std (3,) already on its device."""
+    return (x01 - mean.to(x01.dtype).view(1, -1, 1, 1)) / std.to(x01.dtype).view(1, -1, 1, 1)
 
 
 def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -258,6 +256,11 @@ class ClipEnsemble(nn.Module):
         self.input_sizes = tuple(_as_pair(m.visual.image_size) for m in models)
         self.means = tuple(tuple(c.get("mean", OPENAI_DATASET_MEAN)) for c in cfgs)
         self.stds = tuple(tuple(c.get("std", OPENAI_DATASET_STD)) for c in cfgs)
+        # on the device with the models (not saved): normalising uploads nothing, so a step can be captured
+        for i, (model, mean, std) in enumerate(zip(models, self.means, self.stds)):
+            device = next(model.parameters()).device
+            self.register_buffer(f"mean_{i}", torch.tensor(mean, device=device), persistent=False)
+            self.register_buffer(f"std_{i}", torch.tensor(std, device=device), persistent=False)
 
     @property
     def embed_dims(self) -> tuple[int, ...]:
@@ -268,7 +271,7 @@ class ClipEnsemble(nn.Module):
         """Normalised float32 image embeddings (N, D_m) of [0,1] views already at model i's size."""
         model = self.models[i]
         p = next(model.parameters())
-        x = _clip_normalize(views01, self.means[i], self.stds[i]).to(device=p.device, dtype=p.dtype)
+        x = _clip_normalize(views01, getattr(self, f"mean_{i}"), getattr(self, f"std_{i}")).to(device=p.device, dtype=p.dtype)
         return F.normalize(model.encode_image(x).float(), dim=-1)
 
     def _text_embeddings(self, i: int, texts: Sequence[str]) -> Tensor:
@@ -304,27 +307,35 @@ class ClipEnsemble(nn.Module):
             directions.append(F.normalize(e_t - SOURCE_TEXT_WEIGHT * e_s + SOURCE_IMAGE_WEIGHT * e_i0, dim=-1))
         return directions
 
-    def encode_views(self, x01: Tensor, n_cuts: int, generators: Sequence[torch.Generator]) -> list[Tensor]:
-        """Per model (B, D_m): mean over n_cuts random views of the normalised image embeddings.
+    @staticmethod
+    def draw_views(n_cuts: int, generators: Sequence[torch.Generator], height: int, width: int) -> Tensor:
+        """(B, n_cuts, 2, 3) view matrices on the CPU for an H×W batch, sample b's from generators[b].
 
-        One set of view parameters per sample serves every model (the reference draws per model).
-        Rotation, crop and flip are one bilinear resampling (the reference rotates with nearest
-        neighbour, then resamples the crop).
+        Drawn on the host, outside the step, so the step itself draws nothing and can be captured;
+        each call draws a fixed number of values from each generator.
+        """
+        if n_cuts < 1:
+            raise ValueError(f"n_cuts must be >= 1, got {n_cuts}")
+        return torch.stack([_view_theta(_sample_view_params(g, n_cuts, height, width), height / width) for g in generators])
+
+    def encode_views(self, x01: Tensor, views: Tensor) -> list[Tensor]:
+        """Per model (B, D_m): mean over the random views of the normalised image embeddings.
+
+        One set of views per sample serves every model (the reference draws per model). Rotation,
+        crop and flip are one bilinear resampling (the reference rotates with nearest neighbour,
+        then resamples the crop).
 
         Args:
             x01: images (B,3,H,W) in [0,1]; gradients flow back to them.
-            generators: one CPU generator per sample; sample b's views depend only on generators[b].
+            views: (B, n_cuts, 2, 3) from ``draw_views``, on x01's device.
         """
-        b, _, h, w = x01.shape
-        if len(generators) != b:
-            raise ValueError(f"encode_views needs one generator per sample: {len(generators)} for batch {b}")
-        if n_cuts < 1:
-            raise ValueError(f"n_cuts must be >= 1, got {n_cuts}")
-        thetas = [_view_theta(_sample_view_params(g, n_cuts, h, w), h / w) for g in generators]
-        theta = torch.stack(thetas).to(x01.device, non_blocking=True)  # (B, n_cuts, 2, 3), shared by all models
+        b = x01.shape[0]
+        if views.ndim != 4 or views.shape[0] != b or views.shape[2:] != (2, 3):
+            raise ValueError(f"encode_views needs views of shape ({b}, n_cuts, 2, 3), got {tuple(views.shape)}")
+        n_cuts = views.shape[1]
         out = []
         for i, size in enumerate(self.input_sizes):
-            emb = self._encode(i, _render(x01, theta, size))  # (B·n_cuts, D_m)
+            emb = self._encode(i, _render(x01, views, size))  # (B·n_cuts, D_m)
             out.append(emb.view(b, n_cuts, -1).mean(1))
         return out
 

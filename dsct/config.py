@@ -15,7 +15,7 @@ from typing import Literal, get_args
 from .errors import ConfigError
 
 __all__ = [
-    "Mode", "GeneratorName", "ResizeMode", "DType", "ClipName",
+    "Mode", "GeneratorName", "ResizeMode", "DType", "StepCapture", "ClipName",
     "CLIP_CHOICES", "ModelConfig", "TranslationConfig", "PRESETS", "preset", "validate",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
@@ -25,6 +25,7 @@ Mode = Literal["text", "image"]
 GeneratorName = Literal["imagenet", "ffhq"]
 ResizeMode = Literal["resize", "center_crop"]
 DType = Literal["auto", "fp32", "bf16", "fp16"]
+StepCapture = Literal["eager", "cuda-graph", "compile"]
 ClipName = Literal["RN50-quickgelu", "RN50x4-quickgelu", "ViT-B-32-quickgelu", "RN50x16-quickgelu", "ViT-B-16-quickgelu"]
 CLIP_CHOICES: tuple[str, ...] = get_args(ClipName)
 
@@ -48,6 +49,8 @@ class ModelConfig:
     tiny: bool = False
     dtype: DType = "auto"
     grad_checkpointing: bool = False
+    # how a guided step runs: eagerly, replayed as one CUDA graph per shape, or compiled whole (dsct.capture)
+    step_capture: StepCapture = "eager"
     unet_path: str | None = None
     vit_path: str | None = None
     arcface_path: str | None = None
@@ -145,7 +148,8 @@ def _check_choice(name: str, value: object, kind: object) -> None:
 
 def validate(cfg: ModelConfig | TranslationConfig) -> None:
     """The one place settings are checked; raises ConfigError naming field, value and range."""
-    hints = {"mode": Mode, "generator": GeneratorName, "resize_mode": ResizeMode, "dtype": DType}
+    hints = {"mode": Mode, "generator": GeneratorName, "resize_mode": ResizeMode, "dtype": DType,
+             "step_capture": StepCapture}
     for f in fields(cfg):
         value = getattr(cfg, f.name)
         if f.name in hints:

@@ -16,7 +16,7 @@ tensor, one per sample), ``t_model`` the original index the UNet sees (float).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import torch
@@ -64,6 +64,15 @@ class Schedule:
     @property
     def num_steps(self) -> int:
         return self.betas.shape[0]
+
+    def to(self, device: torch.device | str) -> Schedule:
+        """The same tables on ``device``, so a step reads them there with no upload (a CUDA graph
+        may not copy from the host). float64 is kept where the device has it (MPS has not)."""
+        device = torch.device(device)
+        narrow = device.type == "mps"
+        moved = {f.name: v.to(device, torch.float32 if narrow and v.is_floating_point() else v.dtype)
+                 for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+        return replace(self, **moved)
 
 
 def space_timesteps(num_train_steps: int, spacing: str) -> list[int]:
@@ -135,8 +144,8 @@ def make_schedule(spacing: str = "100", *, num_train_steps: int = 1000) -> Sched
 
 def extract(coef: Tensor, i: Tensor, x: Tensor) -> Tensor:
     """coef[i] per sample, in x's dtype and device, shaped (B, 1, …, 1) to broadcast against x."""
-    # Narrow the dtype where coef lives (some devices have no float64), then gather on x's device:
-    # a non-blocking upload of the table instead of a round trip of i (no host sync on CUDA).
+    # Narrow the dtype where coef lives (some devices have no float64), then gather on x's device.
+    # With the table already there (``Schedule.to``) both moves are no-ops: nothing is uploaded.
     values = coef.to(x.dtype).to(x.device, non_blocking=True)[i.to(x.device)]
     return values.reshape(-1, *([1] * (x.ndim - 1)))
 

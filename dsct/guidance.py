@@ -4,15 +4,16 @@
 keys and self-similarity and [CLS], the style image's [CLS], the CLIP text directions and the
 source's ArcFace embedding. ``Guide.__call__`` then costs one ViT pass (all ViT losses share it),
 one batched CLIP call per model, and the cheap pixel terms. The per-sample state that changes from
-step to step (previous [CLS], previous CLIP loss, view generators) is passed in and returned,
-never hidden, so the sampler can drop or restart samples independently.
+step to step (previous [CLS], previous CLIP loss) is passed in and returned, never hidden, so the
+sampler can drop or restart samples independently. A call takes and returns tensors only and
+draws nothing: the CLIP views come in (``Guide.draw_views``, on the host), so a step can be
+captured as a CUDA graph or compiled whole.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -25,9 +26,9 @@ from .diffusion import Schedule, extract
 __all__ = ["FixedFeatures", "GuideState", "Guide", "build_guide", "vit_features", "model_dtype"]
 
 
-@dataclass(frozen=True)
-class FixedFeatures:
-    """Features of the images that never change during a call; batch dimension 1."""
+class FixedFeatures(NamedTuple):
+    """Features of the images that never change during a call; batch dimension 1. A tuple of
+    tensors (and None), so a captured step can take them as inputs."""
 
     src: Tensor  # (1,3,H,W) in [-1,1]
     src_keys: Tensor
@@ -39,17 +40,15 @@ class FixedFeatures:
     src_identity: Tensor | None = None
 
 
-@dataclass(frozen=True)
-class GuideState:
+class GuideState(NamedTuple):
     """Per-sample memory between guided steps; index it with ``take`` when samples leave."""
 
     prev_cls: Tensor  # (B,D) [CLS] of the previous guided step's input (source at first)
     prev_clip: Tensor  # (B,) previous CLIP loss, for the adaptive content weight
-    generators: tuple[torch.Generator, ...]  # CLIP view randomness, one per sample
 
     def take(self, index: Sequence[int]) -> GuideState:
         idx = torch.as_tensor(list(index), dtype=torch.long, device=self.prev_cls.device)
-        return GuideState(self.prev_cls[idx], self.prev_clip[idx], tuple(self.generators[k] for k in index))
+        return GuideState(self.prev_cls[idx], self.prev_clip[idx])
 
 
 def model_dtype(module: torch.nn.Module) -> torch.dtype:
@@ -69,7 +68,7 @@ def _identity(arcface: torch.nn.Module, x: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class Guide:
-    """Callable guidance: ``guide(x_t, x0_pred, i, state) -> (loss (B,), terms, new_state)``."""
+    """Callable guidance: ``guide(x_t, x0_pred, i, state, views) -> (loss (B,), terms, new_state)``."""
 
     config: TranslationConfig
     schedule: Schedule
@@ -78,10 +77,17 @@ class Guide:
     clip: torch.nn.Module | None = None
     arcface: torch.nn.Module | None = None
 
-    def initial_state(self, generators: Sequence[torch.Generator]) -> GuideState:
-        b = len(generators)
-        cls = self.fixed.src_cls.expand(b, -1).clone()
-        return GuideState(cls, torch.zeros(b, device=cls.device), tuple(generators))
+    def initial_state(self, batch: int) -> GuideState:
+        cls = self.fixed.src_cls.expand(batch, -1).clone()
+        return GuideState(cls, torch.zeros(batch, device=cls.device))
+
+    def draw_views(self, generators: Sequence[torch.Generator], height: int, width: int) -> Tensor | None:
+        """This step's CLIP views (B, n_cuts, 2, 3) on the device, drawn on the host from each sample's
+        generator; None when no CLIP loss runs (and then nothing is drawn)."""
+        if self.clip is None or self.fixed.clip_directions is None or self.config.weights["clip"] <= 0:
+            return None
+        views = self.clip.draw_views(self.config.n_cuts, generators, height, width)
+        return views.to(self.fixed.src.device, non_blocking=True)
 
     def _weights(self, state: GuideState) -> dict[str, float | Tensor]:
         """SPEC §4 adaptive content weight from the previous step's CLIP loss, per sample."""
@@ -95,7 +101,8 @@ class Guide:
             weights["contra"] = cfg.lambda_contra * scale
         return weights
 
-    def __call__(self, x_t: Tensor, x0_pred: Tensor, i: Tensor, state: GuideState) -> tuple[Tensor, dict[str, Tensor], GuideState]:
+    def __call__(self, x_t: Tensor, x0_pred: Tensor, i: Tensor, state: GuideState,
+                 views: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor], GuideState]:
         cfg, fixed, w = self.config, self.fixed, self.config.weights
         # noise-augmented input: x_in = x̂0·s_t + x_t·(1 − s_t), s_t = sqrt(1 − ᾱ_t)
         s = extract(self.schedule.sqrt_one_minus_alphas_cumprod, i, x_t)
@@ -111,14 +118,16 @@ class Guide:
             terms["div"] = losses.semantic_divergence_loss(feats.cls, state.prev_cls) * active
             if fixed.trg_cls is not None:
                 terms["cls"] = losses.style_cls_loss(feats.cls, fixed.trg_cls)
-            new_state = dataclasses.replace(new_state, prev_cls=feats.cls.detach())
+            new_state = new_state._replace(prev_cls=feats.cls.detach())
         if fixed.trg is not None and w["l2"] > 0:
             terms["l2"] = losses.pixel_l2_loss(x_in, fixed.trg)
         if self.clip is not None and fixed.clip_directions is not None and w["clip"] > 0:
+            if views is None:
+                raise ValueError("the CLIP loss needs this step's views: pass guide.draw_views(...)")
             x01 = (x_in * 0.5 + 0.5).to(model_dtype(self.clip))
-            embeds = [e.float() for e in self.clip.encode_views(x01, cfg.n_cuts, state.generators)]
+            embeds = [e.float() for e in self.clip.encode_views(x01, views)]
             terms["clip"] = losses.clip_direction_loss(embeds, fixed.clip_directions)
-            new_state = dataclasses.replace(new_state, prev_clip=terms["clip"].detach())
+            new_state = new_state._replace(prev_clip=terms["clip"].detach())
         if self.arcface is not None and fixed.src_identity is not None and w["id"] > 0:
             terms["id"] = losses.identity_loss(_identity(self.arcface, x_in), fixed.src_identity)
         loss = losses.weighted_sum(terms, self._weights(state))
@@ -139,6 +148,7 @@ def build_guide(
     source_text: str | None = None,
 ) -> Guide:
     """Compute the fixed features once (SPEC §3 fix: the reference redid this every step)."""
+    schedule = schedule.to(src.device)  # read inside every step: keep it where the step runs
     src_feats = vit_features(vit, src)
     trg_cls = vit_features(vit, style).cls if style is not None else None
     directions = None

@@ -23,6 +23,7 @@ from .clip import prompt_tokens
 from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, format_range, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
+from .capture import step_function
 from .guidance import build_guide
 from .hub import Models
 from .sampler import StepEvent, sample_guided
@@ -191,13 +192,14 @@ def translate(
         style=x_style, text=text, source_text=source_text,
     )
 
-    # 4.–6. timesteps, one generator per sample, the guided loop
+    # 4.–6. timesteps, one generator per sample, the guided loop (eager, graphed or compiled step)
     generators = [torch.Generator().manual_seed(s) for s in seeds]
+    step = step_function(models.config.step_capture, models.unet, guide.schedule, guide, len(generators))
     out = sample_guided(
-        models.unet, schedule, guide, x_src, generators, t_start=config.t_start,
+        models.unet, guide.schedule, guide, x_src, generators, t_start=config.t_start,
         repeats=config.resample_repeats,
         restart_threshold=config.restart_threshold if config.range_restart else None,
-        callback=callback, disable=not progress, deadline=deadline,
+        callback=callback, disable=not progress, deadline=deadline, step=step,
     )
 
     # 7. postprocess, score, rank

@@ -8,9 +8,10 @@ again afterwards, so a batch with seeds (a, b) gives what runs with a and with b
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -20,7 +21,8 @@ from .diffusion import Schedule, model_timesteps, p_mean_variance, q_sample, ren
 from .errors import TimeLimitExceeded
 from .guidance import Guide, GuideState, model_dtype
 
-__all__ = ["StepEvent", "SampleOutput", "randn", "guided_step", "sample_guided", "evaluations_per_attempt"]
+__all__ = ["StepEvent", "StepOutput", "SampleOutput", "StepFn", "randn", "guided_step", "sample_guided",
+           "evaluations_per_attempt"]
 
 
 @dataclass(frozen=True)
@@ -77,30 +79,46 @@ def evaluations_per_attempt(t_start: int, repeats: int) -> int:
     return t_start + repeats
 
 
-def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor, state: GuideState):
-    """One UNet pass with grad: μ' = μ + σ²·g with g = −∂L/∂x_t (Sohl-Dickstein mean shift)."""
-    x = x.detach().requires_grad_(True)
-    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i).to(x.device)).float()
-    mv = p_mean_variance(schedule, out, x, i)
-    loss, terms, state = guide(x, mv.x0_pred, i, state)
-    # all weights zero (unguided): no graph to differentiate, the gradient is zero
-    grad = torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
-    mean = mv.mean.detach() - mv.variance.detach() * grad
-    return mean, mv.log_variance.detach(), mv.x0_pred.detach(), {k: v.detach() for k, v in terms.items()}, state
-
-
 def _p_sample(mean: Tensor, log_variance: Tensor, i: Tensor, noise: Tensor) -> Tensor:
     nonzero = (i > 0).to(mean.dtype).view(-1, *([1] * (mean.ndim - 1)))  # no noise at i = 0
     return mean + nonzero * torch.exp(0.5 * log_variance) * noise
 
 
-def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar,
+class StepOutput(NamedTuple):
+    """What one guided step returns: detached tensors only."""
+
+    x_prev: Tensor  # (B,3,H,W) the sample at the next step: μ' + σ·noise (no noise at i = 0)
+    x0_pred: Tensor  # (B,3,H,W) x̂0 of this step
+    terms: dict[str, Tensor]  # unweighted loss terms, (B,)
+    state: GuideState
+
+
+def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor, noise: Tensor,
+                views: Tensor | None, state: GuideState) -> StepOutput:
+    """One UNet pass with grad: μ' = μ + σ²·g with g = −∂L/∂x_t (Sohl-Dickstein mean shift), then
+    x_{i−1} = μ' + σ·noise.
+
+    Device tensors in, detached device tensors out; nothing is drawn, uploaded or read back, so
+    the whole step can be captured (``dsct.capture``). The schedule must live on x's device.
+    """
+    x = x.detach().requires_grad_(True)
+    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i)).float()
+    mv = p_mean_variance(schedule, out, x, i)
+    loss, terms, state = guide(x, mv.x0_pred, i, state, views)
+    # all weights zero (unguided): no graph to differentiate, the gradient is zero
+    grad = torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
+    mean = mv.mean.detach() - mv.variance.detach() * grad
+    x_prev = _p_sample(mean, mv.log_variance.detach(), i, noise)
+    return StepOutput(x_prev, mv.x0_pred.detach(), {k: v.detach() for k, v in terms.items()}, state)
+
+
+def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar,
                  restarts, clock, notes):
     """One pass from t_start to 0 for the samples `ids`; returns finished x̂0s, who must restart, and
     whether the deadline stopped it. A restart starts only if this attempt and a whole new one fit
     before the deadline; otherwise the sample goes on (noted), as at the restart cap."""
     device, shape = x_src.device, x_src.shape[1:]
-    state = guide.initial_state([generators[k] for k in ids])
+    state = guide.initial_state(len(ids))
     x = q_sample(schedule, x_src.expand(len(ids), -1, -1, -1), torch.full((len(ids),), t_start, device=device), randn([generators[k] for k in ids], shape, device))
     finished: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
     failed: list[int] = []
@@ -112,8 +130,9 @@ def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repe
             if not clock.fits(1):
                 return finished, failed, True
             gens = [generators[k] for k in ids]
-            mean, log_var, x0_pred, terms, state = guided_step(unet, schedule, guide, x, i, state)
-            x_prev = _p_sample(mean, log_var, i, randn(gens, shape, device))
+            # each sample's draws in the reference order: its CLIP views, then the step's noise
+            views = guide.draw_views(gens, *shape[1:])
+            x_prev, x0_pred, terms, state = step_fn(x, i, randn(gens, shape, device), views, state)
             if r < reps - 1:  # resampling: back to t with the forward step of β_t
                 x = renoise(schedule, x_prev, i, randn(gens, shape, device))
             step += 1
@@ -142,6 +161,9 @@ def _run_attempt(unet, schedule, guide, x_src, generators, ids, *, t_start, repe
     return finished, failed, False
 
 
+StepFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", GuideState], StepOutput]
+
+
 def sample_guided(
     unet: torch.nn.Module,
     schedule: Schedule,
@@ -155,6 +177,7 @@ def sample_guided(
     callback: Callable[[StepEvent], None] | None = None,
     disable: bool = True,
     deadline: float | None = None,
+    step: StepFn | None = None,
 ) -> SampleOutput:
     """Translate ``x_src`` (1,3,H,W) into len(generators) samples, guided by ``guide``.
 
@@ -163,8 +186,11 @@ def sample_guided(
     step, at most ``guide.config.max_restarts`` times (SPEC §3 fix: the reference never stopped).
     A callback may raise ``Cancelled`` to stop at once. Near ``deadline`` (a ``time.monotonic()``
     value) no restart starts, and a step that would end past it is not begun: the samples that
-    finished are returned, or ``TimeLimitExceeded`` is raised when none did.
+    finished are returned, or ``TimeLimitExceeded`` is raised when none did. ``step`` replaces the
+    eager ``guided_step`` (same arguments from x on), e.g. by a captured one (``dsct.capture``).
     """
+    schedule = schedule.to(x_src.device)
+    step_fn = step or functools.partial(guided_step, unet, schedule, guide)
     b = len(generators)
     restarts = [0] * b
     pending = list(range(b))
@@ -173,7 +199,7 @@ def sample_guided(
     with tqdm(total=evaluations_per_attempt(t_start, repeats), disable=disable, desc="guided steps") as bar:
         while pending:
             done, failed, out_of_time = _run_attempt(
-                unet, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
+                step_fn, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
                 restart_threshold=restart_threshold, callback=callback, bar=bar, restarts=restarts,
                 clock=clock, notes=notes,
             )

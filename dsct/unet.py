@@ -213,7 +213,7 @@ class EmbedSequential(nn.Sequential):
         for layer in self:
             args = (h, emb) if isinstance(layer, ResBlock) else (h,)
             if self.grad_checkpointing and isinstance(layer, (ResBlock, AttentionBlock)) and torch.is_grad_enabled():
-                h = checkpoint(layer, *args, use_reentrant=False)
+                h = checkpoint(layer, *args, use_reentrant=False, preserve_rng_state=False)  # eval: no randomness; and no RNG read inside a CUDA graph capture
             else:
                 h = layer(*args)
         return h

@@ -67,11 +67,10 @@ def resize_for_vit(x01: Tensor, patch_size: int) -> Tensor:
     return F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=False)
 
 
-def imagenet_normalize(x01: Tensor) -> Tensor:
-    """ImageNet mean/std normalisation of a [0,1] batch (DINO's training statistics)."""
-    mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, 3, 1, 1)  # no host sync
-    std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=x01.dtype).to(x01.device, non_blocking=True).view(1, 3, 1, 1)
-    return (x01 - mean) / std
+def imagenet_normalize(x01: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """ImageNet mean/std normalisation of a [0,1] batch (DINO's training statistics); ``mean`` and
+    ``std`` are (3,) tensors already on x01's device (``DinoFeatures`` keeps them as buffers)."""
+    return (x01 - mean.to(x01.dtype).view(1, 3, 1, 1)) / std.to(x01.dtype).view(1, 3, 1, 1)
 
 
 def cosine_self_similarity(tokens: Tensor) -> Tensor:
@@ -84,11 +83,21 @@ class DinoFeatures(nn.Module):
     """Preprocess and run a timm ViT once; return its last-block ``ViTFeatures``.
 
     Parameters keep whatever ``requires_grad`` the loader gave them; this wrapper sets nothing.
+    The ImageNet statistics are buffers (not saved in state dicts) and the hook that reads the keys
+    is registered once, so a call moves nothing from the host and adds no hooks: capturable.
     """
 
     def __init__(self, vit: VisionTransformer):
         super().__init__()
         self.vit = vit
+        device = vit.patch_embed.proj.weight.device
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN, device=device), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD, device=device), persistent=False)
+        self._qkv: Tensor | None = None
+        vit.blocks[-1].attn.qkv.register_forward_hook(self._keep_qkv)
+
+    def _keep_qkv(self, module: nn.Module, args, out: Tensor) -> None:
+        self._qkv = out  # only the latest: a ViT call outside forward holds one tensor, not a growing list
 
     @property
     def patch_size(self) -> int:
@@ -97,28 +106,24 @@ class DinoFeatures(nn.Module):
     def preprocess(self, x01: Tensor) -> Tensor:
         """SPEC §4 ViT preprocessing: resize (see ``resize_for_vit``), then ImageNet mean/std."""
         x01 = x01.to(self.vit.patch_embed.proj.weight.dtype)
-        return imagenet_normalize(resize_for_vit(x01, self.patch_size))
+        return imagenet_normalize(resize_for_vit(x01, self.patch_size), self.mean, self.std)
 
     def forward(self, x01: Tensor) -> ViTFeatures:
         """Features of a batch of images in [0,1], shape (B,3,H,W), any H, W and B; differentiable.
 
-        Keys are read by a forward hook on the last block's ``qkv`` projection, so the model's own
+        Keys are read by the forward hook on the last block's ``qkv`` projection, so the model's own
         attention runs unchanged; the blocks run once and the final norm and head are skipped.
         """
         x = self.preprocess(x01)
         last_attn = self.vit.blocks[-1].attn
-        captured: list[Tensor] = []
-        handle = last_attn.qkv.register_forward_hook(lambda module, args, out: captured.append(out))
-        try:
-            [(_, prefix)] = self.vit.forward_intermediates(
-                x, indices=1, return_prefix_tokens=True, norm=False, stop_early=True,
-                output_fmt="NLC", intermediates_only=True,
-            )
-        finally:
-            handle.remove()
-        qkv = captured[-1]  # (B, N, 3·D): [q | k | v], each with heads concatenated
+        self._qkv = None
+        [(_, prefix)] = self.vit.forward_intermediates(
+            x, indices=1, return_prefix_tokens=True, norm=False, stop_early=True,
+            output_fmt="NLC", intermediates_only=True,
+        )
+        qkv, self._qkv = self._qkv, None  # popped: module state holds no graph between calls
         dim = last_attn.num_heads * last_attn.head_dim
-        keys = qkv[..., dim:2 * dim].float()
+        keys = qkv[..., dim:2 * dim].float()  # (B, N, 3·D) is [q | k | v], each with heads concatenated
         # Similarities in fp32 even under autocast: the structure loss compares values near 1.
         device_type = keys.device.type
         no_autocast = torch.autocast(device_type, enabled=False) if torch.amp.is_autocast_available(device_type) else nullcontext()

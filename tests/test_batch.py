@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,8 +64,8 @@ def finished(tmp_path_factory) -> SimpleNamespace:
     (inputs / "gone.png").symlink_to(root / "nowhere.png")  # a dangling link
     picture(seed=9).save(style)
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        rc = main(_batch_argv(inputs, out, style))
+    with contextlib.redirect_stderr(err):  # with its progress line (test_progress_line_counts_images_and_errors)
+        rc = main([a for a in _batch_argv(inputs, out, style) if a != "--quiet"])
     return SimpleNamespace(root=root, inputs=inputs, out=out, style=style, rc=rc, err=err.getvalue(),
                            files=_visible_files(out) if out.is_dir() else {})
 
@@ -94,6 +95,16 @@ def test_folder_and_broken_link_inputs_become_error_rows(finished):
     assert "is a broken link" in errors["gone.png"]
     assert "cannot read" in errors["broken.png"]
     assert all(name in finished.files for name in OUTPUTS)  # the other images were translated
+
+
+def test_progress_line_counts_images_and_errors(finished):
+    assert finished.rc == 0, finished.err
+    # by hand: five sources (img0, img1 and three unusable ones), each unusable one named once
+    states = re.findall(r"images: +\d+%\|[^|]*\| (\d+)/(\d+) \[[^\]]*errors=(\d+)\]", finished.err)
+    assert states and states[-1] == ("5", "5", "3"), finished.err[-2000:]
+    lines = finished.err.replace("\r", "\n").splitlines()
+    assert sorted(line.split(":")[0] for line in lines if line.startswith("skipped ")) == \
+        ["skipped broken.png", "skipped gone.png", "skipped sub.png"]
 
 
 def _cut_row_of(source: str):

@@ -157,7 +157,7 @@ def test_view_params_fallback_for_wide_images():
 
 def test_views_are_differentiable(ens):
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
-    out = ens.encode_views(x, 3, _gens(1, 2))
+    out = ens.encode_views(x, ens.draw_views(3, _gens(1, 2), 64, 64))
     assert [o.shape for o in out] == [(2, 32), (2, 24)]
     sum(o.sum() for o in out).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -166,7 +166,7 @@ def test_views_are_differentiable(ens):
 def test_batched_views_equal_views_one_by_one(ens):
     x = torch.rand(1, 3, 64, 64)
     with _count_calls(ens, "encode_image") as calls, torch.no_grad():
-        batched = ens.encode_views(x, 4, _gens(7))
+        batched = ens.encode_views(x, ens.draw_views(4, _gens(7), 64, 64))
     assert calls == [4] * len(ens.models)  # one call per model on all views
     theta = _view_theta(_sample_view_params(torch.Generator().manual_seed(7), 4, 64, 64), 1.0)
     with torch.no_grad():
@@ -178,13 +178,13 @@ def test_batched_views_equal_views_one_by_one(ens):
 def test_batch_of_two_equals_singles(ens):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        both = ens.encode_views(x, 3, _gens(11, 12))
-        first = ens.encode_views(x[:1], 3, _gens(11))
-        second = ens.encode_views(x[1:], 3, _gens(12))
+        both = ens.encode_views(x, ens.draw_views(3, _gens(11, 12), 64, 64))
+        first = ens.encode_views(x[:1], ens.draw_views(3, _gens(11), 64, 64))
+        second = ens.encode_views(x[1:], ens.draw_views(3, _gens(12), 64, 64))
     for b, f, s in zip(both, first, second):
         torch.testing.assert_close(b, torch.cat([f, s]), atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError, match="one generator per sample"):
-        ens.encode_views(x, 3, _gens(1))
+    with pytest.raises(ValueError, match=r"views of shape \(2, n_cuts, 2, 3\)"):
+        ens.encode_views(x, ens.draw_views(3, _gens(1), 64, 64))
 
 
 def test_text_similarity(ens):

@@ -9,7 +9,6 @@ linear in x_t; the spies record what they are fed and return simple features of 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -48,10 +47,13 @@ class LinearGuide:
         self.w, self.range_value = w, range_value
         self.config = SimpleNamespace(lambda_range=lambda_range, max_restarts=max_restarts)
 
-    def initial_state(self, generators):
+    def initial_state(self, batch):
         return _State()
 
-    def __call__(self, x_t, x0_pred, i, state):
+    def draw_views(self, generators, height, width):
+        return None
+
+    def __call__(self, x_t, x0_pred, i, state, views=None):
         loss = C * (self.w * x0_pred).flatten(1).sum(1)
         return loss, {"range": torch.full((x_t.shape[0],), float(self.range_value))}, state
 
@@ -203,8 +205,9 @@ def x_in_by_hand(x_t, x0, i):
 def call(guide, i, state=None, seed=20):
     x_t, x0 = images(seed), images(seed + 1)
     i = torch.tensor(i)
-    state = state or guide.initial_state([torch.Generator(), torch.Generator()])
-    loss, terms, new_state = guide(x_t, x0, i, state)
+    state = state or guide.initial_state(2)
+    views = guide.draw_views([torch.Generator()] * len(i), *SHAPE[1:])
+    loss, terms, new_state = guide(x_t, x0, i, state, views)
     return SimpleNamespace(x_t=x_t, x0=x0, i=i, x_in=x_in_by_hand(x_t, x0, i), loss=loss, terms=terms, state=new_state)
 
 
@@ -250,7 +253,7 @@ def test_identity_is_on_x_in():
     x_t = torch.tensor([[0.9, -0.2, 0.1], [-0.7, 0.4, 0.3]]).view(2, 3, 1, 1).expand(2, *SHAPE)
     x0 = torch.tensor([[-0.5, 0.6, 0.8], [0.2, -0.9, 0.5]]).view(2, 3, 1, 1).expand(2, *SHAPE)
     i = torch.tensor([2, 4])
-    guide(x_t, x0, i, guide.initial_state([torch.Generator(), torch.Generator()]))
+    guide(x_t, x0, i, guide.initial_state(2))
     x_in = x_in_by_hand(x_t, x0, i)
     seen = arcface.seen[-1]
     close(seen, x_in[:, :, :1, :1].expand_as(seen))
@@ -305,7 +308,7 @@ def test_adaptive_content_weight(mode, regularize, prog, factors):
     cfg = config(mode, lambda_contra=200.0, regularize_content=regularize, prog_contrast=prog)
     guide, _, _ = guide_for(cfg, style=False)
     prev_clip = torch.tensor([-0.6, -0.45, -0.3])  # below -0.5; above -0.5; above -0.4 (the reference's dead quarter)
-    state = GuideState(guide.fixed.src_cls.expand(3, -1), prev_clip, (torch.Generator(),) * 3)
+    state = GuideState(guide.fixed.src_cls.expand(3, -1), prev_clip)
     x_t, x0 = images(50, 3), images(51, 3)
     loss, terms, _ = guide(x_t, x0, torch.tensor([4, 4, 4]), state)
     assert (terms["contra"].abs() > 1e-3).all()
@@ -316,9 +319,9 @@ def test_adaptive_weight_reads_the_previous_steps_clip_loss_not_this_ones():
     clip = SpyClip()
     cfg = config("text", lambda_clip=1.0, lambda_contra=200.0, regularize_content=True)
     guide, _, _ = guide_for(cfg, style=False, clip=clip)
-    state = dataclasses.replace(guide.initial_state([torch.Generator(), torch.Generator()]), prev_clip=torch.tensor([-0.3, -0.9]))
+    state = guide.initial_state(2)._replace(prev_clip=torch.tensor([-0.3, -0.9]))
     x_t, x0 = torch.full((2, *SHAPE), 0.6), torch.full((2, *SHAPE), 0.8)  # this step's CLIP loss ≈ −1.2 < −0.5
-    loss, terms, new_state = guide(x_t, x0, torch.tensor([4, 4]), state)
+    loss, terms, new_state = guide(x_t, x0, torch.tensor([4, 4]), state, torch.zeros(2, 1, 2, 3))
     assert (terms["clip"] < -0.5).all()
     close(new_state.prev_clip, terms["clip"], 1e-6)
     close((loss - terms["clip"]) / terms["contra"], torch.tensor([200.0, 400.0]), 1e-5)
