@@ -31,25 +31,15 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
+
+from benchmarks.bench_step import synthetic_image  # noqa: E402
 # one image: 64×64, 5 guided steps × 2 resampling repeats, style mode (no CLIP), no range restarts
 SETTINGS = ["--size", "64", "--max-long-side", "64", "--steps", "10", "--skip", "5", "--resample-repeats", "2",
             "--divergence-until", "5", "--no-range-restart"]
-
-
-def picture(seed: int, w: int = 80, h: int = 64) -> Image.Image:
-    """A smooth random picture (a few coloured blobs)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    a = np.zeros((h, w, 3))
-    for _ in range(6):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(4, 20)
-        a += np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))[..., None] * rng.uniform(0.2, 1, 3)
-    return Image.fromarray((a / a.max() * 255).astype(np.uint8))
 
 
 class Poller(threading.Thread):
@@ -140,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         inputs, style = root / "in", root / "style.png"
         inputs.mkdir()
         for k in range(args.images):
-            picture(k).save(inputs / f"img{k:03d}.png")
-        picture(999).save(style)
+            synthetic_image(80, 64, seed=k).save(inputs / f"img{k:03d}.png")
+        synthetic_image(80, 64, seed=999).save(style)
         common = {"device": args.device, "tiny": not args.no_tiny, "cpu": cpu_name(),
                   "cores": os.cpu_count(), "torch": torch.__version__, "settings": " ".join(flags)}
         plan = [("1 process, torch's threads", 1, None)] if args.torch_threads else []
