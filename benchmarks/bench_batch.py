@@ -9,12 +9,14 @@ images after its first, per minute, summed over the ranks.
 
 Runs, by default: one process, then for each N > 1 in ``--ranks`` a torchrun group of N ranks, all
 with one thread per process (torchrun's default, ``OMP_NUM_THREADS=1``), so that only the number of
-processes changes; ``--torch-threads`` adds one process with torch's own thread count. Tiny random models on the CPU (timing does not depend on weight values):
+processes changes; ``--torch-threads`` adds one process with torch's own thread count, and
+``--images-per-batch N …`` repeats every run with N images of one size per batch. Tiny random models on the CPU (timing does not depend on weight values):
 these are CPU figures, not GPU ones; pass ``--device cuda --no-tiny`` on a GPU machine for real ones
 (torchrun then puts rank R on ``cuda:R``).
 
 Example (about 1.5 minutes on 2 cores):
   python benchmarks/bench_batch.py --images 8 --ranks 1 2
+  python benchmarks/bench_batch.py --images 8 --ranks 1 --images-per-batch 1 2 4
 """
 
 from __future__ import annotations
@@ -83,14 +85,16 @@ def steady_rate(seen: dict[str, tuple[str, float]]) -> float | None:
     return 60 * sum(rates) if rates else None
 
 
-def run(name: str, ranks: int, threads: int | None, inputs: Path, style: Path, out: Path, flags: list[str]) -> dict:
+def run(name: str, ranks: int, threads: int | None, per_batch: int, inputs: Path, style: Path, out: Path,
+        flags: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
     launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
                                                      "--nproc-per-node", str(ranks)]
-    argv = [*launcher, "-m", "dsct", "batch", str(inputs), "--style", str(style), "-o", str(out), "--quiet", *flags]
+    argv = [*launcher, "-m", "dsct", "batch", str(inputs), "--style", str(style), "-o", str(out), "--quiet",
+            "--images-per-batch", str(per_batch), *flags]
     load = os.getloadavg()[0]
     poller = Poller(out)
     poller.start()
@@ -105,7 +109,8 @@ def run(name: str, ranks: int, threads: int | None, inputs: Path, style: Path, o
     first = min((t for _, t in poller.seen.values()), default=None)
     steady = steady_rate(poller.seen)
     return {
-        "run": name, "processes": ranks, "threads_per_process": threads or "torch default", "images": images,
+        "run": name, "processes": ranks, "threads_per_process": threads or "torch default",
+        "images_per_batch": per_batch, "images": images,
         "wall_s": round(wall, 2), "images_per_minute": round(60 * images / wall, 2),
         "steady_images_per_minute": None if steady is None else round(steady, 2),
         "first_image_s": None if first is None else round(first, 2), "images_timed": len(poller.seen),
@@ -120,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="1: one process; N > 1: torchrun with N ranks (one thread per process in both)")
     p.add_argument("--torch-threads", action="store_true",
                    help="also one process with torch's own thread count (OMP_NUM_THREADS unset)")
+    p.add_argument("--images-per-batch", type=int, nargs="+", default=[1],
+                   help="dsct batch --images-per-batch: every run once per value")
     p.add_argument("--device", default="cpu", help="dsct batch --device")
     p.add_argument("--no-tiny", action="store_true", help="the real models (weights downloaded) instead of the tiny ones")
     p.add_argument("--extra", default="", help="more dsct batch flags, one string, e.g. \"--samples 2\"")
@@ -136,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
                   "cores": os.cpu_count(), "torch": torch.__version__, "settings": " ".join(flags)}
         plan = [("1 process, torch's threads", 1, None)] if args.torch_threads else []
         plan += [("1 process" if ranks == 1 else f"torchrun {ranks} ranks", ranks, 1) for ranks in args.ranks]
-        for k, (name, ranks, threads) in enumerate(plan):
-            row = run(name, ranks, threads, inputs, style, root / f"out{k}", flags)
+        runs = [(f"{name}, {n} images / batch" if n > 1 else name, ranks, threads, n)
+                for name, ranks, threads in plan for n in args.images_per_batch]
+        for k, (name, ranks, threads, per_batch) in enumerate(runs):
+            row = run(name, ranks, threads, per_batch, inputs, style, root / f"out{k}", flags)
             print(json.dumps({**common, **row}), flush=True)
     return 0
 

@@ -357,7 +357,7 @@ def compare_capture(models: Models, mode: str, *, source: Image.Image, style: Im
         out = models.unet(x.to(models.dtype), model_timesteps(guide.schedule, i)).float()
         base = p_mean_variance(guide.schedule, out, x, i).mean
     shift = {name: step_function(name, models.unet, guide.schedule, guide, 1, compile_backend=COMPILE_BACKEND)(
-                 x, i, noise, views, state).x_prev - base
+                 guide, x, i, noise, views, state).x_prev - base
              for name in ("eager", capture)}
     cosine = torch.nn.functional.cosine_similarity(shift["eager"].flatten().double(), shift[capture].flatten().double(), dim=0)
     x0 = {}

@@ -13,11 +13,11 @@ from .config import (
 )
 from .errors import Cancelled, ChecksumError, ConfigError, DSCTError, ImageError, TimeLimitExceeded, WeightsNotFound
 from .hub import Models, load_models
-from .pipeline import Result, translate
+from .pipeline import Job, Result, translate, translate_many
 from .sampler import StepEvent
 
 __all__ = [
-    "translate", "load_models", "Models", "Result", "StepEvent",
+    "translate", "translate_many", "Job", "load_models", "Models", "Result", "StepEvent",
     "TranslationConfig", "ModelConfig", "preset", "PRESETS",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "DSCTError", "ConfigError", "ImageError", "WeightsNotFound", "ChecksumError", "Cancelled",

@@ -24,7 +24,7 @@ import json
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -36,7 +36,7 @@ from .errors import DSCTError
 __all__ = [
     "LOG_NAME", "CSV_NAME", "LogProblem", "ResumePlan", "write_atomic", "image_format", "save_image",
     "read_log", "parse_log", "plan_resume", "write_log", "append_rows", "write_csv", "output_stems",
-    "PromptRow", "read_prompts", "rank_log", "rank_logs", "rank_beat", "rank_beats", "in_order",
+    "PromptRow", "read_prompts", "size_groups", "rank_log", "rank_logs", "rank_beat", "rank_beats", "in_order",
 ]
 
 LOG_NAME, CSV_NAME = "results.jsonl", "results.csv"
@@ -202,6 +202,24 @@ def plan_resume(
     kept = [row for source, attempt in attempts.items() if source not in redo_set for row in attempt]
     inputs = set(sources)
     return ResumePlan(kept, redo, len(done & inputs), len(failed & inputs))
+
+
+def size_groups(sources: Sequence[str], sizes: Mapping[str, Hashable | None], per_batch: int) -> list[list[str]]:
+    """Sources in batches of at most ``per_batch`` that share a working size (``sizes``), each batch in
+    input order and the batches in the order of their first source; a source whose size is None
+    (unreadable) is a batch of its own."""
+    groups: list[list[str]] = []
+    filling: dict[Hashable, list[str]] = {}
+    for source in sources:
+        size = sizes.get(source)
+        group = filling.get(size) if size is not None else None
+        if group is None or len(group) >= per_batch:
+            group = []
+            groups.append(group)
+            if size is not None:
+                filling[size] = group
+        group.append(source)
+    return groups
 
 
 def _jsonl(rows: Iterable[dict]) -> Iterator[bytes]:

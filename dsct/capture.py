@@ -12,6 +12,7 @@ copied into the graph's static buffers before each replay and outputs copied out
 the next replay (of any graph in the pool) may overwrite them. The batch is padded to the call's
 sample count by repeating its first row, so a sample that leaves to restart changes no shape and
 the other rows compute exactly what they computed before (every operator of the step is per sample).
+Fixed features with one row per sample (several images in one batch) are padded the same way.
 A capture that fails logs why and the step runs eagerly from then on.
 """
 
@@ -31,7 +32,7 @@ from torch.utils import _pytree as pytree
 
 from .config import TranslationConfig
 from .diffusion import Schedule
-from .guidance import Guide, GuideState
+from .guidance import FixedFeatures, Guide, GuideState
 from .sampler import StepFn, StepOutput, guided_step
 
 __all__ = ["GraphedStep", "CompiledStep", "pad_rows", "step_function", "step_settings", "MAX_GRAPHS"]
@@ -52,6 +53,11 @@ def pad_rows(t: Tensor | None, rows: int) -> Tensor | None:
 
 def _padded(rows: tuple, batch: int) -> tuple:
     return pytree.tree_map(lambda v: pad_rows(v, batch) if isinstance(v, Tensor) else v, rows)
+
+
+def _padded_fixed(fixed: FixedFeatures, batch: int) -> FixedFeatures:
+    """Fixed features with a row per sample padded like the samples; shared ones (one row) as they are."""
+    return fixed if fixed.src.shape[0] == 1 else _padded(fixed, batch)
 
 
 def step_settings(config: TranslationConfig) -> tuple:
@@ -109,6 +115,7 @@ class GraphedStep:
     ``batch`` is the call's sample count: every step runs with that many rows (see the module
     docstring). Graphs are shared between calls with the same networks, settings and shapes; the
     guide's fixed features are graph inputs, so a new source or style image needs no new capture.
+    ``guide`` gives the networks and settings; each call's guide gives the fixed features.
     """
 
     _graphs: OrderedDict[tuple, _Graph] = OrderedDict()  # shared by all instances: one pool, bounded
@@ -120,24 +127,31 @@ class GraphedStep:
         self.unet, self.schedule, self.guide, self.batch = unet, schedule, guide, batch
         nets = (unet, guide.vit, guide.clip, guide.arcface)
         self._key = (tuple(id(n) for n in nets), step_settings(guide.config), schedule.num_steps, batch)
+        self._fixed: tuple = (None, None)  # (a guide's fixed features, them padded to the batch): padded once
+
+    def _padded_fixed(self, fixed):
+        if self._fixed[0] is not fixed:
+            self._fixed = (fixed, _padded_fixed(fixed, self.batch))
+        return self._fixed[1]
 
     def _run(self, x, i, noise, views, state, fixed) -> StepOutput:
         guide = dataclasses.replace(self.guide, fixed=fixed)
         return guided_step(self.unet, self.schedule, guide, x, i, noise, views, state)
 
-    def __call__(self, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None, state: GuideState) -> StepOutput:
+    def __call__(self, guide: Guide, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None,
+                 state: GuideState) -> StepOutput:
         live = x.shape[0]
         rows = (x, i, noise, views, state)
-        fixed = self.guide.fixed
+        fixed = self._padded_fixed(guide.fixed)
         padded = _padded(rows, self.batch)
         key = (self._key, _signature(padded), _signature(fixed))
         if key in GraphedStep._failed:
-            return guided_step(self.unet, self.schedule, self.guide, *rows)
+            return guided_step(self.unet, self.schedule, guide, *rows)
         args = (*padded, fixed)
         with GraphedStep._lock:
             graph = GraphedStep._graphs.get(key) or self._capture(key, args)
             if graph is None:
-                return guided_step(self.unet, self.schedule, self.guide, *rows)
+                return guided_step(self.unet, self.schedule, guide, *rows)
             GraphedStep._graphs.move_to_end(key)
             out = graph(args)
         return pytree.tree_map(lambda v: v[:live], out)
@@ -182,20 +196,24 @@ class CompiledStep:
         self.unet, self.schedule, self.guide, self.batch = unet, schedule, guide, batch
         self.cudagraphs = schedule.betas.device.type == "cuda" and backend in (None, "inductor")
         self.fn: Callable[..., StepOutput] | None = _compiled(backend, "reduce-overhead" if self.cudagraphs else None)
+        self._guide: tuple = (None, None)  # (a call's guide, it with its fixed features padded to the batch)
 
-    def __call__(self, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None, state: GuideState) -> StepOutput:
+    def __call__(self, guide: Guide, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None,
+                 state: GuideState) -> StepOutput:
         rows = (x, i, noise, views, state)
         if self.fn is not None:
             try:
                 if self.cudagraphs:  # a new step: the previous step's graph outputs may be rewritten
                     torch.compiler.cudagraph_mark_step_begin()
-                out = self.fn(self.unet, self.schedule, self.guide, *_padded(rows, self.batch))
+                if self._guide[0] is not guide:
+                    self._guide = (guide, dataclasses.replace(guide, fixed=_padded_fixed(guide.fixed, self.batch)))
+                out = self.fn(self.unet, self.schedule, self._guide[1], *_padded(rows, self.batch))
                 # cloned: reduce-overhead outputs live in its graph pool, and the sampler keeps x̂0 across steps
                 return pytree.tree_map(lambda v: v[:x.shape[0]].clone() if isinstance(v, Tensor) else v, out)
             except Exception as error:  # e.g. the recompile limit (fullgraph raises on it), an Inductor error
                 log.warning("the compiled guided step failed, running it eagerly: %s: %s", type(error).__name__, error)
                 self.fn = None
-        return guided_step(self.unet, self.schedule, self.guide, *rows)
+        return guided_step(self.unet, self.schedule, guide, *rows)
 
 
 def step_function(capture: str, unet: torch.nn.Module, schedule: Schedule, guide: Guide, batch: int,
@@ -210,4 +228,4 @@ def step_function(capture: str, unet: torch.nn.Module, schedule: Schedule, guide
             return GraphedStep(unet, schedule, guide, batch)
     if capture == "compile":
         return CompiledStep(unet, schedule, guide, batch, compile_backend)
-    return functools.partial(guided_step, unet, schedule, guide)
+    return functools.partial(guided_step, unet, schedule)

@@ -25,16 +25,18 @@ from tqdm.auto import tqdm
 from . import distributed, hub
 from .batch import (
     CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_beat,
-    rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, write_csv, write_log,
+    rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, size_groups, write_csv, write_log,
 )
 from .config import PRESETS, DType, GeneratorName, Mode, ModelConfig, StepCapture, TranslationConfig, preset
 from .errors import DSCTError, ImageError
-from .images import MIN_SIDE
-from .pipeline import Request, Result, check_request, translate
+from .images import MIN_SIDE, load_image, working_size
+from .pipeline import Job, Request, Result, check_request, translate, translate_many
 
 __all__ = ["main", "build_parser"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+MAX_IMAGES_PER_BATCH = 32
+EXIF_ORIENTATION = 0x0112  # values 5–8 turn the picture a quarter: width and height swap
 SKIP_FLAGS = {"mode"}  # decided by --text / --style (or the prompts file's columns)
 
 
@@ -98,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="each listed source's own prompts, columns source,source_text,text (text mode) or source,style "
                            "(image mode, paths relative to the CSV's folder); only listed sources are translated. "
                            "Instead of --text/--source-text/--style")
+    many.add_argument("--images-per-batch", type=int, default=1, metavar="N",
+                      help=f"translate up to N sources of one working size together, N × samples rows per step "
+                           f"(1 to {MAX_IMAGES_PER_BATCH}): faster where the GPU has memory to spare; a batch that runs "
+                           "out of memory is split. Same N, same outputs, whatever the number of processes")
     for p in (one, many):
         _add_guidance_flags(p, required=p is one)
         _add_config_flags(p)
@@ -318,34 +324,90 @@ def _error_row(source: Path, error: DSCTError) -> list[dict]:
     return [{"source": source.name, "output": "", "error": str(error)}]
 
 
-def _batch_source(models: hub.Models | None, request: Request | DSCTError, config: TranslationConfig,
-                  args: argparse.Namespace, source: Path, stem: str) -> list[dict]:
-    """Translate one source of a batch and save its outputs; an unusable file or prompt becomes an error row."""
-    if isinstance(request, DSCTError):
-        return _error_row(source, request)
+def _source_size(path: Path, config: TranslationConfig) -> tuple[int, int] | None:
+    """A source's working size from its header (no decoding), EXIF rotation included; None when it
+    cannot be read (the source is then a batch of its own, where its error row is written)."""
     try:
-        _check_file(source, "source image")
-        results = _translate(models, request, source, config, args)
-    except ImageError as e:
-        return _error_row(source, e)
-    rows = []
-    for r in results:
-        path = args.output_dir / f"{stem}-{r.rank}.png"
-        save_image(r.image, path)
-        rows.append(_record(source, path, r))
-    return rows
+        with Image.open(path) as img:
+            width, height = img.size
+            if img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+                width, height = height, width
+    except Exception:  # any unreadable header (OSError, a decompression bomb, a broken EXIF block)
+        return None
+    return working_size(width, height, size=config.size, max_long_side=config.max_long_side,
+                        resize_mode=config.resize_mode)
+
+
+def _groups(args: argparse.Namespace, config: TranslationConfig, todo: list[str],
+            jobs: dict[str, Request | DSCTError]) -> list[list[str]]:
+    """The sources to translate in batches of at most ``--images-per-batch`` of one working size."""
+    if args.images_per_batch == 1:
+        return [[name] for name in todo]
+    sizes = {name: _source_size(args.input_dir / name, config) if isinstance(jobs[name], Request) else None
+             for name in todo}
+    return size_groups(todo, sizes, args.images_per_batch)
+
+
+def _translate_ready(models: hub.Models, ready: list[tuple[Path, Request, Image.Image]], config: TranslationConfig,
+                     args: argparse.Namespace) -> list[list[Result] | ImageError]:
+    """``translate_many`` of decoded sources; a batch that runs out of GPU memory, or holds a source it
+    cannot take, is split in two and each half tried again. One source alone: its results or its error."""
+    try:
+        return translate_many(models, [Job(image, r.text, r.source_text, r.style) for _, r, image in ready],
+                              config=config, seeds=args.seeds, progress=not args.quiet)
+    except (torch.cuda.OutOfMemoryError, ImageError) as e:
+        if len(ready) == 1:
+            if isinstance(e, ImageError):
+                return [e]
+            raise
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            torch.cuda.empty_cache()
+            tqdm.write(f"note: {len(ready)} images in one batch ran out of GPU memory; splitting it "
+                       "(a smaller --images-per-batch avoids the retry)", file=sys.stderr)
+        half = len(ready) // 2
+        return _translate_ready(models, ready[:half], config, args) + _translate_ready(models, ready[half:], config, args)
+
+
+def _batch_group(models: hub.Models | None, jobs: dict[str, Request | DSCTError], group: list[Path],
+                 stems: dict[str, str], config: TranslationConfig, args: argparse.Namespace) -> list[list[dict]]:
+    """Translate a batch of sources and save their outputs: each source's rows, in the group's order.
+    An unusable file or prompt becomes that source's error row; the others go on."""
+    rows: dict[str, list[dict]] = {}
+    ready: list[tuple[Path, Request, Image.Image]] = []
+    for source in group:
+        request = jobs[source.name]
+        if isinstance(request, DSCTError):
+            rows[source.name] = _error_row(source, request)
+            continue
+        try:
+            _check_file(source, "source image")
+            ready.append((source, request, load_image(source, name="source image")))
+        except ImageError as e:
+            rows[source.name] = _error_row(source, e)
+    for (source, _, _), results in zip(ready, _translate_ready(models, ready, config, args) if ready else []):
+        if isinstance(results, ImageError):
+            rows[source.name] = _error_row(source, results)
+            continue
+        rows[source.name] = []
+        for r in results:
+            path = args.output_dir / f"{stems[source.name]}-{r.rank}.png"
+            save_image(r.image, path)
+            rows[source.name].append(_record(source, path, r))
+    return [rows[source.name] for source in group]
 
 
 def _merge(args: argparse.Namespace, sources: list[str]) -> list[dict]:
-    """Rank 0, once every rank is done: the ranks' rows appended to the log in source order, so it
-    holds what one process would have written."""
-    log = args.output_dir / LOG_NAME
-    rows = read_log(log)[0]
-    if ranked := rank_logs(args.output_dir):
-        rows += in_order([row for path in ranked for row in read_log(path)[0]], sources)
-        write_log(log, rows)
+    """Rank 0, once every rank is done: the rows kept from earlier runs, then this run's rows (the
+    ranks' logs too) in source order, whichever rank or batch wrote them first."""
+    log, ranked = args.output_dir / LOG_NAME, rank_logs(args.output_dir)
+    logged = read_log(log)[0]
+    rows = logged + [row for path in ranked for row in read_log(path)[0]]
+    todo = set(sources)
+    merged = [r for r in rows if r["source"] not in todo] + in_order([r for r in rows if r["source"] in todo], sources)
+    if ranked or merged != logged:
+        write_log(log, merged)
         _remove_rank_logs(args.output_dir)
-    return rows
+    return merged
 
 
 class _Progress:
@@ -379,18 +441,20 @@ class _Progress:
         self.bar.close()
 
 
-def _batch_share(models: hub.Models | None, jobs: dict[str, Request | DSCTError], mine: list[Path],
+def _batch_share(models: hub.Models | None, jobs: dict[str, Request | DSCTError], mine: list[list[Path]],
                  stems: dict[str, str], config: TranslationConfig, args: argparse.Namespace, log: Path,
                  progress: _Progress | None = None) -> None:
-    """Translate this rank's share, appending each source's rows to ``log`` as it is done."""
-    for source in mine:
-        rows = _batch_source(models, jobs[source.name], config, args, source, stems[source.name])
-        append_rows(log, rows)
-        if progress is not None:
-            progress.add(rows)
+    """Translate this rank's share, batch by batch, appending each source's rows to ``log`` as it is done."""
+    for group in mine:
+        for rows in _batch_group(models, jobs, group, stems, config, args):
+            append_rows(log, rows)
+            if progress is not None:
+                progress.add(rows)
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
+    if not 1 <= args.images_per_batch <= MAX_IMAGES_PER_BATCH:
+        raise DSCTError(f"--images-per-batch {args.images_per_batch} is out of range: give 1 to {MAX_IMAGES_PER_BATCH}")
     prompts = read_prompts(args.prompts) if args.prompts else None
     model_cfg, config = _configs(args, prompts[0] if prompts else _mode(args))
     inputs, jobs, unlisted = _batch_jobs(args, config, prompts[1] if prompts else None)
@@ -413,11 +477,15 @@ def _batch_ranks(args: argparse.Namespace, ranks: distributed.Ranks, model_cfg: 
         for note in (unlisted, _resume_note(plan, inputs, args)):
             if note:
                 print(note, file=sys.stderr)
-    todo = set(distributed.share(ranks, plan.todo if lead else None))
+    # rank 0 forms the batches (same sizes together) and every rank takes whole batches: the same
+    # batches, so the same outputs, for any number of ranks
+    groups = distributed.share(ranks, _groups(args, config, plan.todo, jobs) if lead else None)
+    path = {p.name: p for p in inputs}
+    todo = {name for group in groups for name in group}
     sources = [p for p in inputs if p.name in todo]
-    mine = distributed.shard(sources, ranks)
+    mine = [[path[name] for name in group] for group in distributed.shard(groups, ranks)]
     stems = output_stems([p.name for p in inputs])  # a stem shared by two images keeps its suffix
-    needs_models = any(isinstance(jobs[p.name], Request) for p in mine)  # not when only error rows are to be written
+    needs_models = any(isinstance(jobs[p.name], Request) for group in mine for p in group)  # not for error rows only
     if ranks.world == 1:
         models = _load_models(model_cfg, ranks.device) if needs_models else None
         with _Progress(len(sources), "images", args.quiet) as progress:

@@ -84,7 +84,7 @@ def space_timesteps(num_train_steps: int, spacing: str) -> list[int]:
     spacing = spacing.strip()
     if spacing.startswith("ddim"):
         count = spacing[len("ddim"):]
-        if count.isdigit() and int(count) >= 1:
+        if count.isdecimal():  # 0 and 1 have no stride below T: refused below
             for stride in range(1, num_train_steps):
                 if len(range(0, num_train_steps, stride)) == int(count):
                     return list(range(0, num_train_steps, stride))
@@ -116,7 +116,7 @@ def make_schedule(spacing: str = "100", *, num_train_steps: int = 1000) -> Sched
     betas_full = torch.linspace(1e-4 * scale, 0.02 * scale, num_train_steps, dtype=torch.float64)
     ac_full = torch.cumprod(1.0 - betas_full, dim=0)
     # (2) keep the spaced steps' ᾱ; derive the betas that chain them
-    kept = torch.tensor(space_timesteps(num_train_steps, spacing), dtype=torch.long)
+    kept = torch.tensor(space_timesteps(num_train_steps, spacing))  # int64
     ac_kept = ac_full[kept]
     betas = 1.0 - ac_kept / torch.cat([ac_kept.new_ones(1), ac_kept[:-1]])
     ac = torch.cumprod(1.0 - betas, dim=0)  # as the reference: recomputed from the new betas

@@ -12,6 +12,7 @@ captured as a CUDA graph or compiled whole.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -23,12 +24,21 @@ from .arcface import face_crop
 from .config import TranslationConfig
 from .diffusion import Schedule, extract
 
-__all__ = ["FixedFeatures", "GuideState", "Guide", "build_guide", "vit_features", "model_dtype"]
+__all__ = ["FixedFeatures", "GuideState", "Guide", "build_guide", "stack_guides", "vit_features", "model_dtype"]
+
+
+def _rows(value, idx: Tensor):
+    """Rows ``idx`` of a tensor, of each tensor of a list, or None."""
+    if value is None:
+        return None
+    return [v[idx] for v in value] if isinstance(value, list) else value[idx]
 
 
 class FixedFeatures(NamedTuple):
-    """Features of the images that never change during a call; batch dimension 1. A tuple of
-    tensors (and None), so a captured step can take them as inputs."""
+    """Features of the images that never change during a call. Batch dimension 1, shared by every
+    sample; or one row per sample when several images share the batch (``stack_guides``), the
+    CLIP directions then (B,D) too. A tuple of tensors (and None), so a captured step can take
+    them as inputs."""
 
     src: Tensor  # (1,3,H,W) in [-1,1]
     src_keys: Tensor
@@ -38,6 +48,13 @@ class FixedFeatures(NamedTuple):
     trg_cls: Tensor | None = None
     clip_directions: list[Tensor] | None = None
     src_identity: Tensor | None = None
+
+    def take(self, index: Sequence[int]) -> FixedFeatures:
+        """The rows of the samples ``index``, as ``GuideState.take``; shared features stay as they are."""
+        if self.src.shape[0] == 1:
+            return self
+        idx = torch.as_tensor(list(index), dtype=torch.long, device=self.src.device)
+        return FixedFeatures(*(_rows(value, idx) for value in self))
 
 
 class GuideState(NamedTuple):
@@ -76,6 +93,11 @@ class Guide:
     vit: torch.nn.Module
     clip: torch.nn.Module | None = None
     arcface: torch.nn.Module | None = None
+
+    def take(self, index: Sequence[int]) -> Guide:
+        """This guide for the samples ``index`` only (the rows that stay when others leave to restart)."""
+        fixed = self.fixed.take(index)
+        return self if fixed is self.fixed else dataclasses.replace(self, fixed=fixed)
 
     def initial_state(self, batch: int) -> GuideState:
         cls = self.fixed.src_cls.expand(batch, -1).clone()
@@ -162,3 +184,34 @@ def build_guide(
     )
     return Guide(config, schedule, fixed, vit, clip=clip if directions is not None else None,
                  arcface=arcface if identity is not None else None)
+
+
+def stack_guides(guides: Sequence[Guide], samples: int) -> Guide:
+    """One guide for several images of one working size translated in one batch, ``samples`` each.
+
+    Each image's fixed features are repeated for its samples, image after image: rows
+    j·samples … (j+1)·samples − 1 are image j's. Every loss is per sample, so each row gets what
+    it would get in a call of its own. One image gives its own guide (features shared by its rows).
+    """
+    if not guides:
+        raise ValueError("stack_guides needs at least one guide")
+    first = guides[0]
+    if len(guides) == 1:
+        return first
+    for g in guides[1:]:
+        if g.config != first.config or any(a is not b for a, b in zip((g.vit, g.clip, g.arcface),
+                                                                      (first.vit, first.clip, first.arcface))):
+            raise ValueError("guides stacked into one batch need the same settings and networks")
+        if g.fixed.src.shape != first.fixed.src.shape:
+            raise ValueError(f"images in one batch need one working size: {tuple(g.fixed.src.shape)[2:]} is not "
+                             f"{tuple(first.fixed.src.shape)[2:]}")
+
+    def stacked(values: list):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], list):  # CLIP directions, (D,) per model: (images·samples, D)
+            return [torch.stack([v[m] for v in values]).repeat_interleave(samples, 0) for m in range(len(values[0]))]
+        return torch.cat(values).repeat_interleave(samples, 0)
+
+    fixed = FixedFeatures(*(stacked([g.fixed[k] for g in guides]) for k in range(len(first.fixed))))
+    return dataclasses.replace(first, fixed=fixed)

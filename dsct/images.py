@@ -38,19 +38,17 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB, scaling 16/32-bit and float data by their own range."""
-    if img.mode == "RGB":
-        return img
     if img.mode in ("La", "RGBa"):  # premultiplied alpha: PIL un-premultiplies to LA / RGBA
         return _flatten_alpha(img.convert(img.mode.upper()))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        return _flatten_alpha(img)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode in ("P", "RGB", "L", "1") and "transparency" in img.info):
+        return _flatten_alpha(img)  # an alpha channel, or a transparent palette entry or colour key (PNG tRNS, GIF)
+    if img.mode == "RGB":
+        return img
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
         a = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)
-        if img.mode == "F" and a.max() <= 1.0:
-            top = 1.0
-        a = np.clip(a / top, 0.0, 1.0)
-        return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8), "L").convert("RGB")
+        top = 65535.0 if img.mode.startswith("I;16") else max(float(a.max()), 1.0)  # float data in [0, 1]: 1
+        a = np.maximum(a / top, 0.0)  # top is at least the maximum: only negative values need clipping
+        return Image.fromarray((a * 255.0 + 0.5).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")
 
 
@@ -69,8 +67,7 @@ def _from_array(a: np.ndarray) -> Image.Image:
         u8 = (np.clip(a.astype(np.float64), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     else:
         raise ImageError(f"unsupported image array dtype {a.dtype}; use uint8, uint16 or float in [0, 1]")
-    mode = {1: "L", 3: "RGB", 4: "RGBA"}[u8.shape[2]]
-    return Image.fromarray(u8[..., 0] if mode == "L" else u8, mode)
+    return Image.fromarray(u8[..., 0] if u8.shape[2] == 1 else u8)  # uint8: L, RGB or RGBA by the channels
 
 
 def _from_tensor(t: torch.Tensor) -> Image.Image:
@@ -125,6 +122,17 @@ def _decode(img: Image.Image, name: str) -> Image.Image:
         raise ImageError(f"{label} cannot be read: {e}") from e
 
 
+def _in_memory(image: object, name: str) -> Image.Image:
+    """A PIL image, numpy array or tensor as a PIL image (not yet checked or decoded)."""
+    if isinstance(image, np.ndarray):
+        return _from_array(image)
+    if isinstance(image, torch.Tensor):
+        return _from_tensor(image)
+    if isinstance(image, Image.Image):
+        return image
+    raise ImageError(f"{name}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+
+
 def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
     """Decode and normalise one input to an 8-bit RGB PIL image, EXIF orientation applied."""
     if image is None:
@@ -132,14 +140,8 @@ def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         with _open(Path(image), name) as opened:
             image = _decode(opened, name)
-    elif isinstance(image, np.ndarray):
-        image = _decode(_from_array(image), name)
-    elif isinstance(image, torch.Tensor):
-        image = _decode(_from_tensor(image), name)
-    elif isinstance(image, Image.Image):
-        image = _decode(image, name)
     else:
-        raise ImageError(f"{name}: expected a path, PIL image, numpy array or tensor, got {type(image).__name__}")
+        image = _decode(_in_memory(image, name), name)
     if min(image.size) < MIN_SIDE:
         raise ImageError(f"{name} is {image.width}x{image.height}; each side must be at least {MIN_SIDE} pixels")
     try:
@@ -160,8 +162,7 @@ def working_size(width: int, height: int, *, size: int, max_long_side: int, resi
 def output_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:
     """(W, H) returned to the user: the source's own aspect ratio at the working resolution."""
     w, h = working_size(width, height, size=size, max_long_side=max_long_side, resize_mode=resize_mode)
-    if resize_mode == "center_crop":
-        return w, h
+    # the long side at the source's aspect, capped by the working one (so a center crop stays square)
     if width >= height:
         return min(w, round(width * h / height)), h
     return w, min(h, round(height * w / width))
@@ -181,7 +182,7 @@ def to_tensor(img: Image.Image) -> torch.Tensor:
 def to_pil(x: torch.Tensor, size: tuple[int, int] | None = None) -> list[Image.Image]:
     """(B, 3, H, W) in [-1, 1] -> RGB images, optionally resized (Lanczos) to size=(W, H)."""
     u8 = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    images = [Image.fromarray(a, "RGB") for a in u8]
+    images = [Image.fromarray(a) for a in u8]  # (H, W, 3) uint8: RGB
     if size is not None:
         images = [im if im.size == tuple(size) else im.resize(tuple(size), Image.Resampling.LANCZOS) for im in images]
     return images
@@ -204,7 +205,7 @@ def colour_match_mkl(x: torch.Tensor, reference: torch.Tensor, *, eps: float = 1
     for xi, ri in zip(x.double(), ref.double()):
         a_pix, b_pix = xi.flatten(1), ri.flatten(1)  # (3, N)
         mu_a, mu_b = a_pix.mean(1, keepdim=True), b_pix.mean(1, keepdim=True)
-        eye = torch.eye(3, dtype=torch.float64, device=x.device) * eps
+        eye = torch.eye(3).to(a_pix) * eps  # a_pix's dtype (float64) and device
         cov_a = torch.cov(a_pix) + eye
         cov_b = torch.cov(b_pix) + eye
         a_half = _sqrtm_psd(cov_a)

@@ -76,10 +76,11 @@ def range_loss(x0: Tensor) -> Tensor:
 
 
 def clip_direction_loss(image_embeds: Sequence[Tensor], directions: Sequence[Tensor]) -> Tensor:
-    """−mean_m (pred_m · d_m), pred_m (B,D_m) = mean of normalised view embeddings, d_m (D_m,) — SPEC §4 "CLIP"."""
+    """−mean_m (pred_m · d_m), pred_m (B,D_m) = mean of normalised view embeddings, d_m (D_m,) or one
+    per sample (B,D_m) when images with their own prompts share the batch — SPEC §4 "CLIP"."""
     if len(image_embeds) != len(directions) or not image_embeds:
         raise ValueError(f"need one direction per CLIP model, got {len(image_embeds)} embeddings and {len(directions)} directions")
-    scores = [pred @ d.to(pred.dtype) for pred, d in zip(image_embeds, directions)]  # each (B,)
+    scores = [(pred * d.to(pred.dtype)).sum(-1) for pred, d in zip(image_embeds, directions)]  # each (B,)
     return -torch.stack(scores).mean(0)
 
 

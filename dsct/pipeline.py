@@ -1,7 +1,8 @@
 """``translate``: the library's entry point, a numbered list of stages around the sampler.
 
 validate → prepare images → fixed features → timesteps → generators → guided loop →
-colour matching, scoring and ranking. Models come in loaded (``hub.load_models``); nothing here
+colour matching, scoring and ranking. ``translate_many`` runs several images of one working size
+in one batch; ``translate`` is it for one image. Models come in loaded (``hub.load_models``); nothing here
 downloads or reads the environment.
 """
 
@@ -24,12 +25,12 @@ from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, form
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
 from .capture import step_function
-from .guidance import build_guide
+from .guidance import Guide, build_guide, stack_guides
 from .hub import Models
-from .sampler import StepEvent, sample_guided
+from .sampler import SampleOutput, StepEvent, sample_guided
 from .scoring import rank_order, score_samples
 
-__all__ = ["Result", "Request", "translate", "check_request", "check_text", "prepare_images", "schedule_for"]
+__all__ = ["Result", "Request", "Job", "translate", "translate_many", "check_request", "check_text", "prepare_images", "schedule_for"]
 
 CONTEXT_TOKENS = 77  # CLIP's text context length
 
@@ -148,6 +149,15 @@ def _check_seeds(config: TranslationConfig, seeds: Iterable[int] | None) -> list
     return [int(s) for s in listed]
 
 
+class Job(NamedTuple):
+    """One image of ``translate_many`` with its own prompts: a text (with ``source_text``) or a style image."""
+
+    source: images.ImageInput
+    text: str | None = None
+    source_text: str | None = None
+    style: images.ImageInput | None = None
+
+
 def translate(
     models: Models,
     source: images.ImageInput,
@@ -169,53 +179,90 @@ def translate(
     GPU time budget): near it no range restart starts and only the samples that finished are
     returned, in rank order.
     """
+    return translate_many(models, [Job(source, text, source_text, style)], config=config, seeds=seeds,
+                          callback=callback, progress=progress, deadline=deadline)[0]
+
+
+def translate_many(
+    models: Models,
+    jobs: Sequence[Job],
+    *,
+    config: TranslationConfig | None = None,
+    seeds: Iterable[int] | None = None,
+    callback: Callable[[StepEvent], None] | None = None,
+    progress: bool = False,
+    deadline: float | None = None,
+) -> list[list[Result]]:
+    """``translate`` for several images of one working size in one batch, each with its own prompts.
+
+    Every image gets the samples (seeds) ``translate`` would give it, and all of them share each
+    guided step's UNet, ViT and CLIP passes; the results (one list per job, best first) are those of
+    separate calls up to floating-point batch effects. Batch row j·samples + k is job j's sample k
+    (``StepEvent.sample_ids``). Before a deadline a job may come back with fewer results, or none.
+    """
     # 1.–2. check inputs, decode the images
     if not isinstance(models, Models):
         raise ConfigError("models", models, "the Models that dsct.load_models(ModelConfig(...)) returns")
     if callback is not None and not callable(callback):
         raise ConfigError("callback", callback, "a function called with each StepEvent, or None")
+    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence) or not jobs or not all(isinstance(j, Job) for j in jobs):
+        raise ConfigError("jobs", jobs, "a non-empty list of dsct.Job(source, text=…, source_text=…) or Job(source, style=…)")
     if config is None:
-        config = preset("image" if style is not None else "text", generator=models.config.generator)
-    request = check_request(config, source, text=text, source_text=source_text, style=style)
+        config = preset("image" if jobs[0].style is not None else "text", generator=models.config.generator)
+    requests = [check_request(config, j.source, text=j.text, source_text=j.source_text, style=j.style) for j in jobs]
     _check_models(models, config)
     seeds = _check_seeds(config, seeds)
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
         raise ConfigError("deadline", deadline, "None or a time.monotonic() value")
-    text, source_text = request.text, request.source_text
 
-    x_src, x_style, out_size = prepare_images(config, request.source, request.style, models.device)
+    prepared = [prepare_images(config, r.source, r.style, models.device) for r in requests]
+    for k, (x, _, _) in enumerate(prepared[1:], 1):
+        if x.shape != prepared[0][0].shape:
+            raise ImageError(f"images translated in one batch need one working size: image {k + 1} is worked on at "
+                             f"{x.shape[3]}×{x.shape[2]}, the first at {prepared[0][0].shape[3]}×{prepared[0][0].shape[2]}")
 
-    # 3. fixed features, once per call
+    # 3. fixed features, once per image; one row per sample when several images share the batch
     schedule = schedule_for(config.steps)
-    guide = build_guide(
-        config, schedule, x_src, vit=models.vit, clip=models.clip, arcface=models.arcface,
-        style=x_style, text=text, source_text=source_text,
-    )
+    guides = [
+        build_guide(config, schedule, x_src, vit=models.vit, clip=models.clip, arcface=models.arcface,
+                    style=x_style, text=r.text, source_text=r.source_text)
+        for (x_src, x_style, _), r in zip(prepared, requests)
+    ]
+    guide = stack_guides(guides, len(seeds))
 
     # 4.–6. timesteps, one generator per sample, the guided loop (eager, graphed or compiled step)
-    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    generators = [torch.Generator().manual_seed(s) for _ in jobs for s in seeds]
     step = step_function(models.config.step_capture, models.unet, guide.schedule, guide, len(generators))
     out = sample_guided(
-        models.unet, guide.schedule, guide, x_src, generators, t_start=config.t_start,
+        models.unet, guide.schedule, guide, guide.fixed.src, generators, t_start=config.t_start,
         repeats=config.resample_repeats,
         restart_threshold=config.restart_threshold if config.range_restart else None,
         callback=callback, disable=not progress, deadline=deadline, step=step,
     )
 
-    # 7. postprocess, score, rank
-    x = out.x0.clamp(-1, 1)
+    # 7. postprocess, score, rank: per image
+    return [_results(models, config, out, rows, seeds, guides[j], requests[j].text, prepared[j][1], prepared[j][2])
+            for j in range(len(jobs))
+            for rows in [[n for n, row in enumerate(out.finished) if row // len(seeds) == j]]]
+
+
+def _results(models: Models, config: TranslationConfig, out: SampleOutput, rows: list[int], seeds: list[int],
+             guide: Guide, text: str | None, x_style: torch.Tensor | None, out_size: tuple[int, int]) -> list[Result]:
+    """One image's results: its finished samples (``rows`` of ``out.x0``) colour-matched, scored, ranked."""
+    if not rows:
+        return []
+    x = out.x0[rows].clamp(-1, 1)
     if config.mode == "image" and config.colour_match:
         x = images.colour_match_mkl(x, x_style).clamp(-1, 1)
     scores = score_samples(x, guide.fixed, vit=models.vit, clip=models.clip, text=text)
-    order = rank_order(scores)
     pictures = images.to_pil(x, out_size)
     return [
         Result(
-            image=pictures[k], seed=seeds[sample], rank=r + 1,
+            image=pictures[k], seed=seeds[row % len(seeds)], rank=r + 1,
             content_score=float(scores.content[k]), target_score=float(scores.target[k]),
-            terms={name: float(v[k]) for name, v in out.terms.items()},
-            restarts=out.restarts[sample], tiny=models.tiny, note=out.notes.get(sample, ""),
+            terms={name: float(v[rows[k]]) for name, v in out.terms.items()},
+            restarts=out.restarts[row], tiny=models.tiny, note=out.notes.get(row, ""),
         )
-        for r, k in enumerate(order)
-        for sample in [out.finished[k]]
+        for r, k in enumerate(rank_order(scores))
+        for row in [out.finished[rows[k]]]
     ]

@@ -118,8 +118,10 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
     whether the deadline stopped it. A restart starts only if this attempt and a whole new one fit
     before the deadline; otherwise the sample goes on (noted), as at the restart cap."""
     device, shape = x_src.device, x_src.shape[1:]
+    guide = guide.take(ids)  # these samples' rows of the fixed features (all of them when shared)
     state = guide.initial_state(len(ids))
-    x = q_sample(schedule, x_src.expand(len(ids), -1, -1, -1), torch.full((len(ids),), t_start, device=device), randn([generators[k] for k in ids], shape, device))
+    src = x_src.expand(len(ids), -1, -1, -1) if x_src.shape[0] == 1 else x_src[torch.tensor(ids, device=device)]
+    x = q_sample(schedule, src, torch.full((len(ids),), t_start, device=device), randn([generators[k] for k in ids], shape, device))
     finished: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}
     failed: list[int] = []
     step, total = 0, evaluations_per_attempt(t_start, repeats)
@@ -132,7 +134,7 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
             gens = [generators[k] for k in ids]
             # each sample's draws in the reference order: its CLIP views, then the step's noise
             views = guide.draw_views(gens, *shape[1:])
-            x_prev, x0_pred, terms, state = step_fn(x, i, randn(gens, shape, device), views, state)
+            x_prev, x0_pred, terms, state = step_fn(guide, x, i, randn(gens, shape, device), views, state)
             if r < reps - 1:  # resampling: back to t with the forward step of β_t
                 x = renoise(schedule, x_prev, i, randn(gens, shape, device))
             step += 1
@@ -153,7 +155,7 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
                 if not ids:
                     break
                 idx = torch.tensor(keep, device=device)
-                x_prev, x0_pred, state = x_prev[idx], x0_pred[idx], state.take(keep)
+                x_prev, x0_pred, state, guide = x_prev[idx], x0_pred[idx], state.take(keep), guide.take(keep)
                 terms = {k: v[idx] for k, v in terms.items()}
         x = x_prev
     for n, k in enumerate(ids):
@@ -161,7 +163,7 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
     return finished, failed, False
 
 
-StepFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", GuideState], StepOutput]
+StepFn = Callable[[Guide, Tensor, Tensor, Tensor, "Tensor | None", GuideState], StepOutput]  # guided_step from guide on
 
 
 def sample_guided(
@@ -179,7 +181,8 @@ def sample_guided(
     deadline: float | None = None,
     step: StepFn | None = None,
 ) -> SampleOutput:
-    """Translate ``x_src`` (1,3,H,W) into len(generators) samples, guided by ``guide``.
+    """Translate ``x_src`` into len(generators) samples, guided by ``guide``: one source (1,3,H,W)
+    for every sample, or one row per sample (several images in one batch, ``stack_guides``).
 
     Starts from q_sample(x_src, t_start), repeats the first step ``repeats`` times (resampling),
     and restarts a sample whose weighted range loss exceeds ``restart_threshold`` after the first
@@ -187,11 +190,13 @@ def sample_guided(
     A callback may raise ``Cancelled`` to stop at once. Near ``deadline`` (a ``time.monotonic()``
     value) no restart starts, and a step that would end past it is not begun: the samples that
     finished are returned, or ``TimeLimitExceeded`` is raised when none did. ``step`` replaces the
-    eager ``guided_step`` (same arguments from x on), e.g. by a captured one (``dsct.capture``).
+    eager ``guided_step`` (same arguments from the guide on), e.g. by a captured one (``dsct.capture``).
     """
-    schedule = schedule.to(x_src.device)
-    step_fn = step or functools.partial(guided_step, unet, schedule, guide)
     b = len(generators)
+    if x_src.shape[0] not in (1, b):
+        raise ValueError(f"x_src must have 1 row or one per sample ({b}), got {x_src.shape[0]}")
+    schedule = schedule.to(x_src.device)
+    step_fn = step or functools.partial(guided_step, unet, schedule)
     restarts = [0] * b
     pending = list(range(b))
     results: dict[int, tuple[Tensor, dict[str, Tensor]]] = {}

@@ -100,7 +100,7 @@ def test_compiled_step_equals_the_eager_step():
     guide = _text_guide(m, x_src)
     args = _inputs(guide, 2, "cpu", seed=5)
     eager = guided_step(m.unet, guide.schedule, guide, *args)
-    compiled = step_function("compile", m.unet, guide.schedule, guide, 2, compile_backend="eager")(*args)
+    compiled = step_function("compile", m.unet, guide.schedule, guide, 2, compile_backend="eager")(guide, *args)
     assert eager.terms.keys() == compiled.terms.keys()
     for got, want in zip(pytree.tree_leaves(compiled), pytree.tree_leaves(eager)):
         assert (got - want).abs().max() <= 1e-6 * want.abs().max().clamp_min(1e-12)
@@ -129,7 +129,7 @@ def test_a_failed_capture_logs_why_and_runs_eagerly(caplog):
     step = GraphedStep(m.unet, guide.schedule, guide, batch=2)
     args = _inputs(guide, 2, "cpu", seed=6)
     with caplog.at_level(logging.WARNING, logger="dsct.capture"):
-        first, second = step(*args), step(*args)
+        first, second = step(guide, *args), step(guide, *args)
     assert caplog.text.count("CUDA graph capture of the guided step failed, running it eagerly") == 1
     want = guided_step(m.unet, guide.schedule, guide, *args)
     for out in (first, second):

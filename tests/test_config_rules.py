@@ -77,11 +77,18 @@ def test_choice_messages_list_every_choice():
     assert message(resize_mode="stretch") == "resize_mode='stretch' is not allowed: one of 'resize', 'center_crop'"
     assert model_message(generator="celeba") == "generator='celeba' is not allowed: one of 'imagenet', 'ffhq'"
     assert model_message(dtype="fp64") == "dtype='fp64' is not allowed: one of 'auto', 'fp32', 'bf16', 'fp16'"
+    assert model_message(step_capture="graph") == \
+        "step_capture='graph' is not allowed: one of 'eager', 'cuda-graph', 'compile'"
 
 
 @pytest.mark.parametrize("dtype", ["auto", "fp32", "bf16", "fp16"])
 def test_every_dtype_choice_is_accepted(dtype):
     assert ModelConfig(dtype=dtype).dtype == dtype
+
+
+@pytest.mark.parametrize("capture", ["eager", "cuda-graph", "compile"])
+def test_every_step_capture_choice_is_accepted(capture):
+    assert ModelConfig(step_capture=capture).step_capture == capture
 
 
 def test_resize_modes_and_generators_are_accepted():
@@ -239,6 +246,7 @@ def test_arcface_follows_the_generator_unless_given():
 def test_model_config_defaults():
     cfg = ModelConfig()
     assert (cfg.generator, cfg.load_clip, cfg.tiny, cfg.dtype, cfg.grad_checkpointing) == ("imagenet", True, False, "auto", False)
+    assert cfg.step_capture == "eager"
     assert cfg.clip_models == tuple(ALL_CLIP.split(", "))
 
 

@@ -145,10 +145,15 @@ def test_16_bit_modes_use_the_16_bit_range(mode):
     np.testing.assert_array_equal(grey_levels(images.load_image(img)), np.array([want] * 16))
 
 
+def test_16_bit_images_with_tiny_values_stay_black():
+    img = _pil_16("I;16", np.array([[0, 1] * 8] * 16))  # 1/65535 of the range, not the image's own maximum
+    assert (grey_levels(images.load_image(img)) == 0).all()
+
+
 def test_32_bit_integer_images_use_their_own_maximum():
-    values = np.array([[-5, 0, 250, 500, 999, 1000] * 3] * 16)
+    values = np.array([[-1000, -5, 0, 250, 500, 999, 1000] * 3] * 16)
     img = _pil_16("I", values)
-    want = [0, 0, 64, 128, 255, 255]  # v/1000·255: 63.75 → 64, 127.5 → 128, 254.7 → 255
+    want = [0, 0, 0, 64, 128, 255, 255]  # v/1000·255: 63.75 → 64, 127.5 → 128, 254.7 → 255; negatives → 0
     np.testing.assert_array_equal(grey_levels(images.load_image(img)), np.array([want * 3] * 16))
     ones = _pil_16("I", np.array([[0, 1] * 8] * 16))  # a maximum of 1 is the full range
     np.testing.assert_array_equal(grey_levels(images.load_image(ones)), np.array([[0, 255] * 8] * 16))
@@ -162,6 +167,18 @@ def test_float_images_in_0_1_as_is_and_larger_ones_by_their_maximum():
     np.testing.assert_array_equal(grey_levels(images.load_image(small)), np.array([[0, 64, 128, 191] * 4] * 16))
     large = Image.fromarray(np.array([[0.0, 1.0, 2.0, 4.0] * 4] * 16, np.float32))
     np.testing.assert_array_equal(grey_levels(images.load_image(large)), np.array([[0, 64, 128, 255] * 4] * 16))
+    just_over = Image.fromarray(np.array([[0.0, 0.5, 1.0, 2.0] * 4] * 16, np.float32))  # a maximum of 2 is the top
+    np.testing.assert_array_equal(grey_levels(images.load_image(just_over)), np.array([[0, 64, 128, 255] * 4] * 16))
+
+
+def test_float_images_are_scaled_in_double_precision():
+    # float32 values just below a rounding tie k + 1/2 (of 255 levels): exactly, they round down
+    below = [np.nextafter(np.float32((k + 0.5) / 255), np.float32(0)) for k in (0, 128, 200)]
+    assert [float(v) * 255 % 1 < 0.5 for v in below] == [True] * 3
+    want = [int(float(v) * 255 + 0.5) for v in below]
+    assert want == [0, 128, 200]
+    img = Image.fromarray(np.array([below * 6] * 16, np.float32)[:, :16])
+    np.testing.assert_array_equal(grey_levels(images.load_image(img)), np.array([(want * 6)[:16]] * 16))
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "La", "RGBa", "PA"])
@@ -184,6 +201,24 @@ def test_palette_transparency_becomes_white():
     p.info["transparency"] = 1
     out = rgb(images.load_image(p))
     assert (out[:, :8] == (10, 20, 30)).all() and (out[:, 8:] == 255).all()
+
+
+@pytest.mark.parametrize("mode, key, other", [("RGB", (1, 2, 3), (200, 100, 50)), ("L", 7, 90), ("1", 0, 255)])
+def test_colour_key_transparency_of_pngs_becomes_white(mode, key, other, tmp_path):
+    """A PNG's tRNS chunk makes one colour transparent in RGB, grey and 1-bit images too."""
+    img = Image.new(mode, (16, 16), key)
+    img.paste(other, (0, 0, 8, 16))
+    path = tmp_path / "keyed.png"
+    img.save(path, transparency=key)
+    assert Image.open(path).info["transparency"] == key
+    out = rgb(images.load_image(path))
+    assert (out[:, 8:] == 255).all()  # the key colour is transparent
+    want = other if mode == "RGB" else (other,) * 3
+    assert (out[:, :8] == want).all()
+    plain = tmp_path / "plain.png"
+    img.save(plain)  # the same pixels without the key keep their colour
+    kept = {"RGB": key, "L": (7, 7, 7), "1": (0, 0, 0)}[mode]
+    assert (rgb(images.load_image(plain))[:, 8:] == kept).all()
 
 
 def test_rgb_and_other_modes_keep_their_colours():
@@ -449,3 +484,22 @@ def test_sqrtm_of_a_psd_matrix_by_hand():
     torch.testing.assert_close(r, rot @ torch.diag(torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)) @ rot.T)
     tiny_negative = torch.diag(torch.tensor([-1e-12, 1.0, 4.0], dtype=torch.float64))  # round-off below zero: treated as 0
     torch.testing.assert_close(images._sqrtm_psd(tiny_negative), torch.diag(torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)))
+
+
+def test_megapixels_in_the_message_are_rounded_from_the_exact_count(tmp_path):
+    path = tmp_path / "big.png"
+    _png_header_only(path, 7388, 8683)  # 64 150 004 pixels: 64.150004 megapixels, just above a rounding tie
+    assert error(path) == "source image (big.png) is 7388x8683 (64.2 megapixels); at most 64 megapixels are accepted"
+
+
+def test_a_mode_pil_cannot_convert_is_named(monkeypatch):
+    real = Image.Image.convert
+
+    def convert(self, mode=None, *args, **kwargs):
+        if self.mode == "HSV":
+            raise ValueError("conversion from HSV to RGB not supported")
+        return real(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "convert", convert)
+    assert error(Image.new("HSV", (16, 16)), name="style image") == \
+        "style image: cannot convert image mode 'HSV' to RGB (conversion from HSV to RGB not supported)"

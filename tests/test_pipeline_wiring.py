@@ -30,10 +30,10 @@ from helpers import picture
 SEEDS_ALLOWED = "a list of 1 to 16 integers in [0, 2^63 − 1]"
 
 
-def models(*, clip=None, arcface=None, generator="imagenet", tiny=True) -> Models:
+def models(*, clip=None, arcface=None, generator="imagenet", tiny=True, step_capture="eager", device="cpu") -> Models:
     return Models(unet=LinearEps(), vit=SpyViT(), clip=clip, arcface=arcface,
-                  config=ModelConfig(tiny=tiny, load_clip=clip is not None, generator=generator),
-                  device=torch.device("cpu"), dtype=torch.float32)
+                  config=ModelConfig(tiny=tiny, load_clip=clip is not None, generator=generator, step_capture=step_capture),
+                  device=torch.device(device), dtype=torch.float32)
 
 
 def settings(mode="image", **changes):
@@ -85,9 +85,7 @@ def test_tabs_and_newlines_are_whitespace_and_format_characters_stay():
 
 def _prompt_of_tokens(n: int) -> str:
     """'a a a … a' with exactly n CLIP tokens (start/end included) for the longest template."""
-    words = 1
-    while prompt_tokens(" ".join(["a"] * words)) < n:
-        words += 1
+    words = n - (prompt_tokens("a") - 1)  # each further " a" is one more token
     text = " ".join(["a"] * words)
     assert prompt_tokens(text) == n
     return text
@@ -96,8 +94,8 @@ def _prompt_of_tokens(n: int) -> str:
 def test_the_token_limit_is_77_inclusive():
     at_limit, over = _prompt_of_tokens(77), _prompt_of_tokens(78)
     assert check_text("text", at_limit) == at_limit
-    err = config_error(check_text, "text", "  " + over.replace(" ", "  ") + " ")  # counted after whitespace is normalised
-    assert err.value == over[:40] + "…"
+    err = config_error(check_text, "source_text", "  " + over.replace(" ", "  ") + " ")  # counted after whitespace is normalised
+    assert (err.field, err.value) == ("source_text", over[:40] + "…")
     assert err.allowed == "a shorter text: CLIP reads 77 tokens, this prompt needs 78"
 
 
@@ -107,8 +105,8 @@ def test_the_character_limit_is_300_inclusive_after_stripping():
     assert len(text) == 300 and prompt_tokens(text) <= 77
     assert check_text("text", f"  {text}\n") == text
     longer = text + "e"
-    err = config_error(check_text, "text", longer)
-    assert err.value == longer[:40] + "…"
+    err = config_error(check_text, "source_text", longer)
+    assert (err.field, err.value) == ("source_text", longer[:40] + "…")
     assert err.allowed == "at most 300 characters (got 301); CLIP reads only 77 tokens"
 
 
@@ -154,6 +152,9 @@ def test_prepare_images_by_hand():
     assert x_src.shape == x_style.shape == (1, 3, 64, 96) and out_size == (90, 64)
     torch.testing.assert_close(x_src[0, :, 10, 10], torch.tensor([1.0, -1.0, -0.6]), rtol=0, atol=1e-6)
     torch.testing.assert_close(x_style[0, :, 10, 10], torch.tensor([-1.0, -0.2, 1.0]), rtol=0, atol=1e-6)
+    meta = torch.device("meta")  # a device other than the CPU, without a GPU: the images are moved there
+    x_src, x_style, _ = prepare_images(cfg, flat((0, 0, 0), 90, 64), flat((0, 0, 0)), meta)
+    assert x_src.device == meta and x_style.device == meta and x_style.shape == (1, 3, 64, 96)
     crop = dataclasses.replace(cfg, resize_mode="center_crop")
     x_src, none, out_size = prepare_images(crop, flat((0, 0, 0), 90, 64), None, torch.device("cpu"))
     assert x_src.shape == (1, 3, 64, 64) and none is None and out_size == (64, 64)
@@ -164,6 +165,8 @@ def test_prepare_images_by_hand():
 def test_models_must_be_loaded_for_their_weights():
     err = config_error(_check_models, models(), settings("text", lambda_clip=2000.0))
     assert str(err) == "lambda_clip=2000.0 is not allowed: 0 unless the CLIP models are loaded (load_clip=True)"
+    assert config_error(_check_models, models(), settings("text", lambda_clip=0.5)).value == 0.5  # any positive weight
+    assert config_error(_check_models, models(), settings("image", lambda_id=0.5)).value == 0.5
     _check_models(models(), settings("text", lambda_clip=0.0))  # no CLIP weight, no CLIP needed
     _check_models(models(), settings("image", lambda_clip=5.0))  # image mode never runs CLIP
     _check_models(models(clip=SpyClip()), settings("text", lambda_clip=2000.0))
@@ -230,8 +233,14 @@ def seen(monkeypatch):
                       seeds=[g.initial_seed() for g in generators], **kwargs)
         raise Stop
 
+    def step_function(capture, unet, schedule, guide, batch):
+        record["step_args"] = dict(capture=capture, unet=unet, schedule=schedule, guide=guide, batch=batch)
+        record["made_step"] = object()
+        return record["made_step"]
+
     monkeypatch.setattr(pipeline, "build_guide", build_guide)
     monkeypatch.setattr(pipeline, "sample_guided", sample_guided)
+    monkeypatch.setattr(pipeline, "step_function", step_function)
     return record
 
 
@@ -249,14 +258,31 @@ def test_translate_hands_the_sampler_the_settings(seen):
     assert seen["restart_threshold"] == 0.25
     assert seen["callback"] is callback and seen["disable"] is True and seen["deadline"] == 123.5
     assert seen["seeds"] == [40, 41]
-    # the sampler gets the guide's copy of the 10-step schedule (on the models' device)
-    assert seen["schedule"].num_steps == 10
-    assert torch.equal(seen["schedule"].alphas_cumprod, pipeline.schedule_for(10).alphas_cumprod)
+    # the respaced schedule of 10 kept steps out of 1000 (SPEC §2): every 111th step, rounded
+    kept = [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert seen["schedule"].timestep_map.tolist() == kept and seen["schedule"] is seen["built"].schedule
     assert seen["x_src"].shape == (1, 3, 64, 96)
     args = seen["guide_args"]
-    assert args["config"] is cfg and args["schedule"] is pipeline.schedule_for(10) and args["src"] is seen["x_src"]
+    assert args["config"] is cfg and args["schedule"].timestep_map.tolist() == kept and args["src"] is seen["x_src"]
     assert args["vit"] is m.vit and args["clip"] is None and args["arcface"] is None
     assert args["style"].shape == (1, 3, 64, 96) and args["text"] is None and args["source_text"] is None
+    # the step the models' config asks for, built for the whole batch, is the one the sampler runs
+    assert seen["step_args"] == dict(capture="eager", unet=m.unet, schedule=seen["schedule"], guide=seen["built"], batch=2)
+    assert seen["step"] is seen["made_step"]
+
+
+@pytest.mark.parametrize("capture", ["compile", "cuda-graph"])
+def test_translate_builds_the_step_capture_the_models_ask_for(seen, capture):
+    with pytest.raises(Stop):
+        translate(models(step_capture=capture), picture(), style=picture(seed=3), config=settings("image", samples=3))
+    assert seen["step_args"]["capture"] == capture and seen["step_args"]["batch"] == 3
+    assert seen["step"] is seen["made_step"]
+
+
+def test_translate_puts_the_images_on_the_models_device(seen):
+    with pytest.raises(Stop):
+        translate(models(device="meta"), picture(), style=picture(seed=3), config=settings("image"))
+    assert seen["x_src"].device.type == "meta" and seen["guide_args"]["style"].device.type == "meta"
 
 
 def test_translate_without_restarts_progress_and_deadline(seen):
@@ -326,6 +352,7 @@ def _fake_run(monkeypatch, out: SampleOutput, scores: Scores) -> dict:
 def test_results_are_ranked_and_carry_their_own_seed_terms_restarts_and_note(monkeypatch):
     # three samples asked for; the sampler finished samples 2 and 0 (in that order), sample 1 ran out of time
     x0 = torch.stack([torch.full((3, 64, 96), 0.2), torch.full((3, 64, 96), 1.5)])
+    x0[0, 1] = -1.5  # the green channel of sample 2 below the range
     out = SampleOutput(x0=x0, terms={"range": torch.tensor([0.5, 0.25]), "l2": torch.tensor([1.0, 2.0])},
                        restarts=(1, 2, 3), finished=(2, 0), notes={2: "late"})
     record = _fake_run(monkeypatch, out, Scores(content=torch.tensor([0.3, 0.1]), target=torch.tensor([0.0, 0.5])))
@@ -339,8 +366,10 @@ def test_results_are_ranked_and_carry_their_own_seed_terms_restarts_and_note(mon
     assert not results[0].tiny
     first, second = (np.asarray(r.image, np.int64) for r in results)
     assert results[0].image.size == (90, 64)  # the source's aspect, not the working 96×64
-    assert (first == 255).all() and (second == 153).all()  # 1.5 clamped to 1 → 255; 0.2 → 153
-    assert record["x"].max() == 1.0 and record["x"].min() == pytest.approx(0.2)  # scores see the clamped images
+    assert (first == 255).all()  # 1.5 clamped to 1 → 255
+    assert (second[..., [0, 2]] == 153).all() and (second[..., 1] == 0).all()  # 0.2 → 153; -1.5 clamped to -1 → 0
+    assert record["x"].max() == 1.0 and record["x"].min() == -1.0  # scores see the clamped images
+    assert record["x"][0, 0].min() == pytest.approx(0.2)
     assert record["fixed"].src.shape == (1, 3, 64, 96) and record["text"] is None
 
 

@@ -47,6 +47,9 @@ class LinearGuide:
         self.w, self.range_value = w, range_value
         self.config = SimpleNamespace(lambda_range=lambda_range, max_restarts=max_restarts)
 
+    def take(self, rows):  # the same w for every sample
+        return self
+
     def initial_state(self, batch):
         return _State()
 
