@@ -205,7 +205,7 @@ def translate_many(
         raise ConfigError("models", models, "the Models that dsct.load_models(ModelConfig(...)) returns")
     if callback is not None and not callable(callback):
         raise ConfigError("callback", callback, "a function called with each StepEvent, or None")
-    if isinstance(jobs, (str, bytes)) or not isinstance(jobs, Sequence) or not jobs or not all(isinstance(j, Job) for j in jobs):
+    if not isinstance(jobs, Sequence) or not jobs or not all(isinstance(j, Job) for j in jobs):  # a str holds no Job
         raise ConfigError("jobs", jobs, "a non-empty list of dsct.Job(source, text=…, source_text=…) or Job(source, style=…)")
     if config is None:
         config = preset("image" if jobs[0].style is not None else "text", generator=models.config.generator)

@@ -13,7 +13,7 @@ from dsct.config import preset
 from dsct.diffusion import make_schedule
 from dsct.guidance import GuideState, build_guide, model_dtype, vit_features
 
-from closed_form import SpyClip, SpyViT, zero_weights
+from closed_form import SpyArcFace, SpyClip, SpyViT, zero_weights
 
 SCHED = make_schedule("10")
 SHAPE = (3, 32, 32)
@@ -189,3 +189,59 @@ def test_terms_run_only_with_their_weight_and_their_inputs():
     assert "l2" not in no_l2(x, x, i, no_l2.initial_state(2))[1]
     text = build_guide(config("text", lambda_l2=1.0, lambda_ssim=1.0), SCHED, src(), vit=vit)  # no style image: no pixel L2
     assert "l2" not in text(x, x, i, text.initial_state(2))[1]
+
+
+def test_clip_and_identity_terms_need_their_model_features_and_weight():
+    """Each of the three conditions alone keeps the term out, whatever the others say."""
+    x, i = src(1, 2), torch.tensor([4, 4])
+    views = torch.zeros(2, 4, 2, 3)
+    full = _clip_guide(SpyClip(), lambda_id=1.0)
+    full = dataclasses.replace(full, arcface=SpyArcFace(),
+                               fixed=full.fixed._replace(src_identity=torch.ones(1, 3) / 3 ** 0.5))
+    assert {"clip", "id"} <= set(full(x, x, i, full.initial_state(2), views)[1])
+    cases = {
+        "no models": dataclasses.replace(full, clip=None, arcface=None),
+        "no features": dataclasses.replace(full, fixed=full.fixed._replace(clip_directions=None, src_identity=None)),
+        "no weights": dataclasses.replace(full, config=config("text", lambda_ssim=1.0)),
+    }
+    for why, guide in cases.items():
+        terms = guide(x, x, i, guide.initial_state(2), views)[1]
+        assert "clip" not in terms and "id" not in terms, why
+    no_clip = build_guide(config("text", lambda_clip=1.0), SCHED, src(), vit=SpyViT())  # CLIP not loaded
+    assert "clip" not in no_clip(x, x, i, no_clip.initial_state(2))[1]  # and no views needed
+
+
+class CastClip(SpyClip):
+    """SpyClip stored in float64: the guide must feed it float64 and read fp32 back."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = nn.Parameter(torch.zeros((), dtype=torch.float64), requires_grad=False)
+
+    def encode_views(self, x01, views):
+        assert x01.dtype == torch.float64
+        return super().encode_views(x01, views)
+
+
+def test_clip_gets_its_own_dtype():
+    guide = _clip_guide(CastClip())
+    x = src(1, 2)
+    loss, terms, _ = guide(x, x, torch.tensor([4, 4]), guide.initial_state(2), torch.zeros(2, 4, 2, 3))
+    assert terms["clip"].dtype == torch.float32 and loss.dtype == torch.float32
+
+
+def test_a_whole_sampling_run_stays_on_the_device_of_its_source():
+    """Closed-form networks on the meta device: any tensor made on the host inside the loop (noise,
+    timesteps, masks, views) fails to combine with the others, as it would on a GPU."""
+    from dsct.sampler import sample_guided
+
+    from closed_form import LinearEps
+
+    meta = torch.device("meta")
+    cfg = config("text", lambda_clip=1.0, lambda_contra=1.0, lambda_ssim=1.0, lambda_div=1.0, n_cuts=2)
+    guide = build_guide(cfg, SCHED, src().to(meta), vit=SpyViT(), clip=SpyClip(), text="tiger", source_text="cat")
+    guide = dataclasses.replace(guide, fixed=guide.fixed._replace(
+        clip_directions=[d.to(meta) for d in guide.fixed.clip_directions]))  # as a CLIP model on the device gives them
+    out = sample_guided(LinearEps(), SCHED, guide, guide.fixed.src, [torch.Generator().manual_seed(s) for s in (1, 2)],
+                        t_start=3, repeats=2)
+    assert out.x0.device == meta and out.x0.shape == (2, *SHAPE) and set(out.terms) >= {"clip", "contra", "ssim", "div"}

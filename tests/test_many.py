@@ -54,21 +54,28 @@ def test_stacked_guide_rows_are_image_after_image_each_repeated_per_sample():
         assert d.tolist() == [[1.0, 0.0, 0.0]] * 2 + [[0.0, 1.0, 0.0]] * 2
     assert both.fixed.trg is None and both.fixed.src_identity is None
     assert stack_guides([a], 3) is a  # one image: its features stay shared by every sample
+    assert a.take([2, 0]) is a  # shared features: the same guide for any samples
+    second = both.take([2])  # image b's first sample alone (a restart): its rows only
+    assert torch.equal(second.fixed.src, b.fixed.src) and second.fixed.clip_directions[0].tolist() == [[0.0, 1.0, 0.0]]
+    assert second.vit is both.vit and second.clip is both.clip and second.config is both.config
 
 
 def test_stacking_refuses_other_sizes_and_other_settings():
     clip = SpyClip()
     a = _text_guide(_src(1), "tiger", clip)
-    with pytest.raises(ValueError, match=r"one working size: \(32, 48\) is not \(32, 32\)"):
+    with pytest.raises(ValueError) as err:
         stack_guides([a, _text_guide(_src(2, 32, 48), "zebra", clip)], 1)
+    assert str(err.value) == "images in one batch need one working size: (32, 48) is not (32, 32)"
     other = build_guide(preset("text", **{**zero_weights(), "lambda_ssim": 2.0}, size=32, max_long_side=32, steps=10, skip=5,
                                divergence_until=5), SCHED, _src(2), vit=VIT)
-    with pytest.raises(ValueError, match="same settings and networks"):
-        stack_guides([a, other], 1)
-    with pytest.raises(ValueError, match="same settings and networks"):  # another ViT
-        stack_guides([a, build_guide(a.config, SCHED, _src(2), vit=SpyViT(), clip=clip, text="zebra", source_text="cat")], 1)
-    with pytest.raises(ValueError, match="at least one guide"):
+    another_vit = build_guide(a.config, SCHED, _src(2), vit=SpyViT(), clip=clip, text="zebra", source_text="cat")
+    for guides in ([a, other], [a, another_vit]):
+        with pytest.raises(ValueError) as err:
+            stack_guides(guides, 1)
+        assert str(err.value) == "guides stacked into one batch need the same settings and networks"
+    with pytest.raises(ValueError) as err:
         stack_guides([], 1)
+    assert str(err.value) == "stack_guides needs at least one guide"
 
 
 def test_take_picks_rows_and_leaves_shared_features_alone():
@@ -102,11 +109,12 @@ def _same_as_alone(together, alone):
         assert got.shape == want.shape and np.abs(got - want).max() <= 2  # batch effects only: a few 1/255
 
 
-def test_each_image_of_a_text_batch_gets_what_it_gets_alone():
+def test_each_image_of_a_text_batch_gets_what_it_gets_alone(capsys):
     m = tiny_models()
     cfg = small("text", samples=2, range_restart=False)
     jobs = [Job(picture(seed=1), "tiger", "cat"), Job(picture(seed=2), "zebra", "horse")]
     together = translate_many(m, jobs, config=cfg)
+    assert "guided steps" not in capsys.readouterr().err  # no progress bar unless asked
     assert len(together) == 2 and all(len(r) == 2 for r in together)
     for job, got in zip(jobs, together):
         _same_as_alone(got, translate(m, job.source, text=job.text, source_text=job.source_text, config=cfg))
@@ -129,12 +137,16 @@ def test_restarts_in_a_shared_batch_start_again_from_their_own_source():
 def test_translate_many_refuses_mixed_sizes_and_bad_jobs():
     m = tiny_models()
     cfg = small("image", samples=1, size=64, max_long_side=96)
-    wide, square = picture(96, 64, seed=1), picture(64, 64, seed=2)
-    with pytest.raises(ImageError, match="one working size: image 2 is worked on at 64×64, the first at 96×64"):
-        translate_many(m, [Job(wide, style=square), Job(square, style=square)], config=cfg)
+    wide, tall, square = picture(96, 64, seed=1), picture(64, 96, seed=2), picture(64, 64, seed=3)
+    with pytest.raises(ImageError) as err:
+        translate_many(m, [Job(wide, "tiger", "cat"), Job(tall, "zebra", "horse")],
+                       config=small("text", samples=1, size=64, max_long_side=96))
+    assert str(err.value) == "images translated in one batch need one working size: image 2 is worked on at 64×96, the first at 96×64"
     for jobs in ([], "cat.png", [picture()]):
-        with pytest.raises(ConfigError, match="jobs"):
+        with pytest.raises(ConfigError) as err:
             translate_many(m, jobs, config=cfg)
+        assert (err.value.field, err.value.value) == ("jobs", jobs)
+        assert err.value.allowed == "a non-empty list of dsct.Job(source, text=…, source_text=…) or Job(source, style=…)"
     with pytest.raises(ImageError, match="needs a style image"):  # each job is checked like translate's arguments
         translate_many(m, [Job(square, style=square), Job(square)], config=cfg)
 

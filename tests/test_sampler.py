@@ -135,3 +135,19 @@ def test_faces_generator_uses_identity_loss():
     cfg = small("image", lambda_id=100.0)
     out = translate(m, picture(), style=picture(seed=3), config=cfg)
     assert "id" in out[0].terms and 0.0 <= out[0].terms["id"] <= 2.0
+
+
+def test_the_deadline_clock_by_hand(monkeypatch):
+    """Two evaluations took 4 s from t = 100: 2 s each. At t = 104, 3 more end at 110."""
+    from dsct import sampler
+
+    now = [100.0]
+    monkeypatch.setattr(sampler, "_now", lambda: now[0])
+    clock = sampler._Clock(deadline=110.0)
+    assert clock.fits(10**6)  # nothing timed yet: anything fits
+    clock.tick()
+    clock.tick()
+    now[0] = 104.0
+    assert clock.fits(3)  # 104 + 3·2 = 110: exactly at the deadline fits
+    assert not clock.fits(4)  # 112
+    assert sampler._Clock(deadline=None).fits(10**9)
