@@ -169,8 +169,8 @@ def output_size(width: int, height: int, *, size: int, max_long_side: int, resiz
 
 
 def fit_to(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Cover (width, height) keeping aspect: scale, then center-crop the overflow."""
-    return ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+    """Cover (width, height) keeping aspect: scale, then crop the overflow evenly (fit's default centring)."""
+    return ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS)
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:

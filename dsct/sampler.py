@@ -144,10 +144,10 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
                 callback(StepEvent(step, total, t, x0_pred, terms, tuple(ids), tuple(restarts)))
         if restart_threshold is not None and t < t_start:
             bad = (guide.config.lambda_range * terms["range"] > restart_threshold).tolist()
-            may = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts and ids[n] not in notes]
-            in_time = clock.fits(t + total) if may else True  # the rest of this attempt, then a whole new one
-            drop = may if in_time else []
-            notes.update({ids[n]: TIME_NOTE for n in may if not in_time})
+            drop = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts and ids[n] not in notes]
+            if not clock.fits(t + total):  # the rest of this attempt, then a whole new one; a note is final
+                notes.update({ids[n]: TIME_NOTE for n in drop})
+                drop = []
             if drop:
                 failed += [ids[n] for n in drop]
                 keep = [n for n in range(len(ids)) if n not in drop]

@@ -80,3 +80,18 @@ class SpyArcFace(nn.Module):
     def forward(self, x):
         self.seen.append(x.detach().clone())
         return F.normalize(x.mean((2, 3)), dim=-1)
+
+
+class FakeClock:
+    """A stand-in for time.monotonic: 0 at the start; as a forward hook, each call of the module it
+    hooks costs the next entry of ``costs`` (then 1 s each)."""
+
+    def __init__(self, costs=()):
+        self.now, self.costs, self.calls = 0.0, list(costs), 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, *_):
+        self.now += self.costs[self.calls] if self.calls < len(self.costs) else 1.0
+        self.calls += 1

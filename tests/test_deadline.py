@@ -13,25 +13,12 @@ from dsct.guidance import build_guide
 from dsct.images import fit_to, to_tensor
 from dsct.pipeline import schedule_for
 
+from closed_form import FakeClock
 from helpers import picture, small, tiny_models
 
 # steps 10, skip 5: t_start 4; with 2 repeats an attempt is 6 evaluations and the first
 # restart test (after step t=3) comes after 3 of them.
 PER_ATTEMPT, FIRST_TEST = 6, 3
-
-
-class FakeClock:
-    """Starts at 0; each UNet forward advances it by the next entry of ``costs`` (then 1 s each)."""
-
-    def __init__(self, costs=()):
-        self.now, self.costs, self.calls = 0.0, list(costs), 0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, *_):
-        self.now += self.costs[self.calls] if self.calls < len(self.costs) else 1.0
-        self.calls += 1
 
 
 @pytest.fixture
