@@ -116,10 +116,10 @@ class Guide:
         cfg, weights = self.config, dict(self.config.weights)
         if cfg.mode == "text" and (cfg.regularize_content or cfg.prog_contrast):
             scale = torch.ones_like(state.prev_clip)
-            if cfg.regularize_content:
-                scale = torch.where(state.prev_clip < -0.5, 2.0 * scale, scale)
-            if cfg.prog_contrast:
-                scale = torch.where(state.prev_clip > -0.5, 0.5 * scale, scale)
+            if cfg.regularize_content:  # still far from the text: double
+                scale = torch.where(state.prev_clip < -0.5, 2.0, scale)
+            if cfg.prog_contrast:  # close to it: halve
+                scale = torch.where(state.prev_clip > -0.5, 0.5, scale)
             weights["contra"] = cfg.lambda_contra * scale
         return weights
 

@@ -193,6 +193,14 @@ def _sqrtm_psd(c: torch.Tensor) -> torch.Tensor:
     return vecs @ torch.diag_embed(vals.clamp_min(0).sqrt()) @ vecs.mT
 
 
+def _cov(pix: torch.Tensor, eps: float) -> torch.Tensor:
+    """Covariance of (3, N) pixels plus ε·I (added in place on the diagonal: no tensor to place on a
+    device), so that a flat image's covariance stays invertible."""
+    cov = torch.cov(pix)
+    cov.diagonal().add_(eps)
+    return cov
+
+
 def colour_match_mkl(x: torch.Tensor, reference: torch.Tensor, *, eps: float = 1e-5) -> torch.Tensor:
     """Monge–Kantorovich linear colour transfer: give x the RGB mean and covariance of reference.
 
@@ -205,9 +213,7 @@ def colour_match_mkl(x: torch.Tensor, reference: torch.Tensor, *, eps: float = 1
     for xi, ri in zip(x.double(), ref.double()):
         a_pix, b_pix = xi.flatten(1), ri.flatten(1)  # (3, N)
         mu_a, mu_b = a_pix.mean(1, keepdim=True), b_pix.mean(1, keepdim=True)
-        eye = torch.eye(3).to(a_pix) * eps  # a_pix's dtype (float64) and device
-        cov_a = torch.cov(a_pix) + eye
-        cov_b = torch.cov(b_pix) + eye
+        cov_a, cov_b = _cov(a_pix, eps), _cov(b_pix, eps)
         a_half = _sqrtm_psd(cov_a)
         a_half_inv = torch.linalg.inv(a_half)
         t = a_half_inv @ _sqrtm_psd(a_half @ cov_b @ a_half) @ a_half_inv

@@ -147,8 +147,7 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
             drop = [n for n, b in enumerate(bad) if b and restarts[ids[n]] < guide.config.max_restarts and ids[n] not in notes]
             if not clock.fits(t + total):  # the rest of this attempt, then a whole new one; a note is final
                 notes.update({ids[n]: TIME_NOTE for n in drop})
-                drop = []
-            if drop:
+            elif drop:
                 failed += [ids[n] for n in drop]
                 keep = [n for n in range(len(ids)) if n not in drop]
                 ids = [ids[n] for n in keep]

@@ -168,6 +168,13 @@ def test_no_noise_is_added_at_step_zero():
     close(got[1], mean[1] + 0.5 * noise[1])
 
 
+def test_the_unet_is_fed_its_weights_dtype_and_the_step_stays_fp32():
+    unet = LinearEps(A, V).to(torch.bfloat16)  # as a half-precision UNet on a GPU
+    out = sample_guided(unet, SCHED, LinearGuide(W), X_SRC, [torch.Generator().manual_seed(11)], t_start=T_START)
+    assert len(unet.calls) == T_START + 1 and all(x.dtype == torch.bfloat16 for x, _ in unet.calls)
+    assert out.x0.dtype == torch.float32
+
+
 @pytest.mark.parametrize("lambda_range, range_value, restarts", [
     (0.01, 0.5, 0),  # weighted 0.005 ≤ 0.01: no restart, although the raw term is 0.5
     (1.0, 0.5, 2),  # weighted 0.5 > 0.01: restarts until the cap
