@@ -59,8 +59,7 @@ class TableGuide:
         return torch.zeros(x_t.shape[0]), {"range": torch.tensor(value)}, state
 
 
-def run(bad, *, max_restarts=1, lambda_range=1.0, threshold=THRESHOLD, deadline=None, callback=None, clock=None,
-        **kwargs):
+def run(bad, *, max_restarts=1, lambda_range=1.0, threshold=THRESHOLD, deadline=None, callback=None, clock=None):
     """Sample len(bad) seeds; with a clock, each UNet call advances it."""
     unet = LinearEps()
     if clock is not None:
@@ -68,7 +67,7 @@ def run(bad, *, max_restarts=1, lambda_range=1.0, threshold=THRESHOLD, deadline=
     guide = TableGuide(bad, max_restarts=max_restarts, lambda_range=lambda_range)
     out = sample_guided(unet, SCHED, guide, X_SRC, [torch.Generator().manual_seed(10 + k) for k in range(len(bad))],
                         t_start=T_START, repeats=REPEATS, restart_threshold=threshold, deadline=deadline,
-                        callback=callback, **kwargs)
+                        callback=callback)
     return out, unet, guide.seen
 
 
@@ -135,7 +134,7 @@ def test_defaults_are_one_evaluation_per_step_and_no_progress_bar(capsys):
 
 def test_without_time_for_this_attempt_and_a_new_one_the_sample_goes_on_with_a_note(clock):
     # first test at 3 s: the 3 evaluations left and 6 for a new attempt end at 12 s > 11.5
-    out, unet, _ = run([{3: 1.0, 2: 1.0}, {}], max_restarts=3, deadline=11.5, clock=clock)
+    out, _, _ = run([{3: 1.0, 2: 1.0}, {}], max_restarts=3, deadline=11.5, clock=clock)
     assert clock.calls == PER_ATTEMPT
     assert out.restarts == (0, 0) and out.finished == (0, 1)
     assert out.notes == {0: TIME_NOTE}
