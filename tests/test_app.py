@@ -20,12 +20,15 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
-from dsct import PRESETS, TranslationConfig
+from dsct import PRESETS, TranslationConfig, preset
 from dsct.images import output_size
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import app  # noqa: E402 — app.py lives at the repository root, beside dsct/
+import app  # noqa: E402 — app.py lives at the repository root, beside dsct/ and space/
+from space import planning, worker  # noqa: E402
+from space.api import COMPACT_INPUTS, handler_inputs, planned  # noqa: E402
+from space.words import COMPACT_HELP, WORDS  # noqa: E402
 
 # gradio's queue (pandas 3) warns on every event; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
@@ -71,7 +74,7 @@ def test_endpoints_and_parameters(client):
     exposed = set()
     for mode in ("text", "image"):
         names = [p["parameter_name"] for p in api[f"/translate_{mode}"]["parameters"]]
-        assert names == app.handler_inputs(mode)
+        assert names == handler_inputs(mode)
         exposed |= set(names)
     assert {f.name for f in dataclasses.fields(TranslationConfig)} - exposed == {"mode"}
 
@@ -127,7 +130,7 @@ def test_style_image_is_required(client):
 def test_the_handler_checks_too_when_called_without_the_validator(models):
     app.build_demo(models, defaults=SMALL)
     with pytest.raises(gr.Error, match="needs a style image"):
-        app._planned("image", {"source": str(CAT), "style": None, "generator": "imagenet"})
+        planned("image", {"source": str(CAT), "style": None, "generator": "imagenet"})
 
 
 def _sampler_threads() -> list[threading.Thread]:
@@ -154,12 +157,12 @@ def test_stop_cancels_the_sampler(client):
 def test_progress_counts_steps(models):
     calls = []
     settings = dict(SMALL, samples=1, seed=0, resample_repeats=3)
-    plan = app.make_plan("text", dict(settings, source=str(CAT), text="Black Leopard", source_text="Cat",
+    plan = planning.make_plan("text", dict(settings, source=str(CAT), text="Black Leopard", source_text="Cat",
                                       generator="imagenet"))
-    updates = list(app._stream(plan, lambda p, **kw: calls.append((p, kw["unit"]))))
+    updates = list(worker.stream(plan, lambda p, **kw: calls.append((p, kw["unit"]))))
     total = SMALL["steps"] - SMALL["skip"] - 1 + 3
     assert calls == [((k, total), "steps") for k in range(1, total + 1)]
-    assert isinstance(updates[-1], app.Done) and len(updates[-1].results) == 1
+    assert isinstance(updates[-1], worker.Done) and len(updates[-1].results) == 1
 
 
 def _component(demo: gr.Blocks, label: str) -> dict:
@@ -176,7 +179,7 @@ def test_cpu_defaults_to_the_fast_preset_and_warns(models):
               for g, m in models.items()}
     try:
         demo = app.build_demo(on_cpu)
-        assert _component(demo, app.WORDS["steps"][0])["value"] == PRESETS["text-fast"].steps
+        assert _component(demo, WORDS["steps"][0])["value"] == PRESETS["text-fast"].steps
         banners = _banners(demo)
         assert len(banners) == 1 and "25 s" in banners[0] and "fast preset" in banners[0]
     finally:
@@ -246,7 +249,7 @@ def test_uploads_reach_dsct_as_the_file_itself(client, models, tmp_path):
     from dsct import translate
     import numpy as np
 
-    config = app.preset("text", **SMALL, seed=11)
+    config = preset("text", **SMALL, seed=11)
     for kind, path in _uploads(tmp_path).items():
         gallery, _ = client.predict(handle_file(path), "Cat", "Black Leopard", seed=11, **SMALL,
                                     api_name="/translate_text")
@@ -306,6 +309,6 @@ def test_mcp_schema_lists_the_compact_tool_with_described_parameters(client):
     assert tool["name"] == "translate_compact"
     assert tool["description"].startswith("Translate a photo toward a target text or the look of a style image")
     props = tool["inputSchema"]["properties"]
-    assert list(props) == list(app.COMPACT_INPUTS)
-    assert props["seed"]["description"] == app.COMPACT_HELP["seed"]
+    assert list(props) == list(COMPACT_INPUTS)
+    assert props["seed"]["description"] == COMPACT_HELP["seed"]
     assert all(props[n].get("description") for n in props)

@@ -15,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
+from space.words import TAB_LABELS, WORDS  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
@@ -54,7 +55,7 @@ def page():
                 page = browser.new_page(viewport={"width": 1400, "height": 1600})
                 page.set_default_timeout(TIMEOUT_MS)
                 page.goto(url)
-                page.get_by_role("tab", name=app.TAB_LABELS["text"]).wait_for()
+                page.get_by_role("tab", name=TAB_LABELS["text"]).wait_for()
                 yield page
             finally:
                 browser.close()
@@ -62,7 +63,7 @@ def page():
         demo.close()
 
 
-W = {name: label for name, (label, _) in app.WORDS.items()}  # the controls' labels, in words
+W = {name: label for name, (label, _) in WORDS.items()}  # the controls' labels, in words
 
 
 def _label(page, name: str):
@@ -143,7 +144,7 @@ def test_controls_translate_progress_and_stop(page):
 
 
 def test_style_tab_controls(page):
-    page.get_by_role("tab", name=app.TAB_LABELS["image"]).click()
+    page.get_by_role("tab", name=TAB_LABELS["image"]).click()
     for name in (W["source"], W["style"], W["colour_match"], W["steps"], W["skip"], W["samples"], W["seed"],
                  W["generator"]):
         _label(page, name).wait_for(state="visible")

@@ -1,5 +1,5 @@
-"""app.py as deployed on a ZeroGPU Space, on the CPU as far as the spaces package allows: the GPU
-function is wrapped, its duration function takes its exact arguments, what crosses into the worker
+"""The Space (app.py and space/) as deployed on a ZeroGPU Space, on the CPU as far as the spaces
+package allows: the GPU function is wrapped, its duration function takes its exact arguments, what crosses into the worker
 pickles, the 300 s cap sees the duration factor, the memory guard refuses what would not fit, the
 deadline returns what finished, Stop only signals, and the front matter preloads every weight."""
 
@@ -19,13 +19,14 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from dsct import budget
+from dsct import ConfigError, Result, budget, preset
 from dsct.hub import WEIGHTS
 from dsct.images import working_size
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-import app  # noqa: E402
+import app  # noqa: E402 — the Space's entry point; it imports spaces first
+from space import api, planning, worker  # noqa: E402
 
 CAT = REPO / "examples" / "cat.png"
 SMALL = dict(steps=10, skip=5, divergence_until=2, resample_repeats=2, size=64, max_long_side=96, range_restart=False)
@@ -45,25 +46,26 @@ def _values(**overrides):
 
 def _args(**overrides):
     """The text handler's arguments in order: the preset's values, SMALL, then ``overrides``."""
-    values = {"resampling": True, **dataclasses.asdict(app.preset("text")), **_values(**overrides)}
-    return [values[n] for n in app.handler_inputs("text")]
+    values = {"resampling": True, **dataclasses.asdict(preset("text")), **_values(**overrides)}
+    return [values[n] for n in api.handler_inputs("text")]
 
 
 def test_under_zero_gpu_the_app_builds_and_its_gpu_function_is_wrapped():
     script = """
 import inspect, pickle, app
-assert app.ON_ZERO_GPU
-assert hasattr(app.run_translation, "zerogpu"), "spaces did not wrap the GPU function"
-gpu, duration = inspect.signature(app.run_translation.__wrapped__), inspect.signature(app.gpu_duration)
+from space import planning, worker
+assert planning.ON_ZERO_GPU
+assert hasattr(worker.run_translation, "zerogpu"), "spaces did not wrap the GPU function"
+gpu, duration = inspect.signature(worker.run_translation.__wrapped__), inspect.signature(planning.gpu_duration)
 assert list(gpu.parameters) == list(duration.parameters) == ["plan"], (gpu, duration)
 models = app.get_models(["imagenet"], tiny=True)
 demo = app.build_demo(models, defaults=app.TINY_DEFAULTS)
 limits = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values() if fn.api_name in ("translate_text", "translate_image")}
 assert limits == {"translate_text": None, "translate_image": None}, limits
-plan = app.make_plan("text", dict(source="examples/cat.png", source_text="Cat", text="Leopard", generator="imagenet",
-                                  **app.TINY_DEFAULTS))
+plan = planning.make_plan("text", dict(source="examples/cat.png", source_text="Cat", text="Leopard",
+                                       generator="imagenet", **app.TINY_DEFAULTS))
 assert pickle.loads(pickle.dumps(plan)) == plan
-print("ok", app.gpu_duration(plan))
+print("ok", planning.gpu_duration(plan))
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SPACES_", "DSCT_"))} | ZERO_ENV
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
@@ -80,50 +82,50 @@ def test_local_translations_share_one_gpu(models):
 
 def test_steps_and_yields_pickle(models):
     image = Image.new("RGB", (8, 8), (10, 20, 30))
-    result = app.Result(image=image, seed=3, rank=1, content_score=0.1, target_score=0.2, terms={"range": 0.0})
-    for item in (app.Step(1, 5, 1, 0, [(image, "sample 1 · step 1/5")]), app.Done([result])):
+    result = Result(image=image, seed=3, rank=1, content_score=0.1, target_score=0.2, terms={"range": 0.0})
+    for item in (worker.Step(1, 5, 1, 0, [(image, "sample 1 · step 1/5")]), worker.Done([result])):
         assert pickle.loads(pickle.dumps(item)) == item
 
 
 def test_cost_is_sublinear_in_samples_and_learns_the_measured_speed(models, monkeypatch):
-    config = app.preset("text", **SMALL)
+    config = preset("text", **SMALL)
     evaluations = config.t_start + config.resample_repeats  # 4 + 2
     assert evaluations == 6
-    fixed = app.GPU_START_S + app.FINISH_S
-    prior = budget.H100_STEP_SECONDS["text"] * app.PRIOR_SLOWDOWN
-    one, _ = app.cost("imagenet", config, 256 * 256)
+    fixed = planning.GPU_START_S + planning.FINISH_S
+    prior = budget.H100_STEP_SECONDS["text"] * planning.PRIOR_SLOWDOWN
+    one, _ = planning.cost("imagenet", config, 256 * 256)
     assert one == pytest.approx(fixed + 1.5 * 6 * prior)
-    four, _ = app.cost("imagenet", dataclasses.replace(config, samples=4), 256 * 256)
+    four, _ = planning.cost("imagenet", dataclasses.replace(config, samples=4), 256 * 256)
     assert four - fixed == pytest.approx((one - fixed) * 1.54)  # 1 + 3 x 0.18, not 4x
-    wide, _ = app.cost("imagenet", config, 256 * 448)
+    wide, _ = planning.cost("imagenet", config, 256 * 448)
     assert wide - fixed == pytest.approx((one - fixed) * 448 / 256)
     # measured: 0.2 s per evaluation of 2 samples at 256x512 -> 0.2 / (1.18 * 2) s for one at 256x256
-    monkeypatch.setitem(app._MEASURED_SPEED, ("imagenet", "text"),
+    monkeypatch.setitem(planning.MEASURED_SPEED, ("imagenet", "text"),
                         budget.StepSpeed.from_measurement(0.2, 2, 256 * 512))
-    learned, _ = app.cost("imagenet", config, 256 * 256)
+    learned, _ = planning.cost("imagenet", config, 256 * 256)
     assert learned == pytest.approx(fixed + 1.5 * 6 * 0.2 / 2.36)
 
 
 def test_the_duration_asked_for_is_divided_by_the_factor_zero_gpu_multiplies_it_by(models, monkeypatch):
-    plan = app.make_plan("text", _values())
-    monkeypatch.setattr(app, "duration_factor", lambda: 1.5)
-    assert app.gpu_duration(plan) == math.ceil(plan.seconds / 1.5)
+    plan = planning.make_plan("text", _values())
+    monkeypatch.setattr(planning, "duration_factor", lambda: 1.5)
+    assert planning.gpu_duration(plan) == math.ceil(plan.seconds / 1.5)
 
 
 def test_the_300_s_cap_includes_the_duration_factor(models, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
-    monkeypatch.setattr(app, "duration_factor", lambda: 1.5)
+    monkeypatch.setattr(planning, "ON_ZERO_GPU", True)
+    monkeypatch.setattr(planning, "duration_factor", lambda: 1.5)
     # 3 s per evaluation (measured): 20 + 10 + 1.5 * 3 * evaluations
-    monkeypatch.setitem(app._MEASURED_SPEED, ("imagenet", "text"), budget.StepSpeed(3.0))
+    monkeypatch.setitem(planning.MEASURED_SPEED, ("imagenet", "text"), budget.StepSpeed(3.0))
     fits = dict(steps=61, skip=0, resample_repeats=1)  # 61 evaluations: 30 + 274.5 = 304.5 s > 300
-    with pytest.raises(app.ConfigError, match=r"needs about 304 s of GPU time and ZeroGPU allows 300 s"):
-        app.make_plan("text", _values(**fits))  # asking for 304.5 / 1.5 = 203 s would pass a cap without it
-    plan = app.make_plan("text", _values(steps=59, skip=0, resample_repeats=1))  # 30 + 265.5 = 295.5 s
-    assert plan.seconds == pytest.approx(295.5) and app.gpu_duration(plan) == 197
+    with pytest.raises(ConfigError, match=r"needs about 304 s of GPU time and ZeroGPU allows 300 s"):
+        planning.make_plan("text", _values(**fits))  # asking for 304.5 / 1.5 = 203 s would pass a cap without it
+    plan = planning.make_plan("text", _values(steps=59, skip=0, resample_repeats=1))  # 30 + 265.5 = 295.5 s
+    assert plan.seconds == pytest.approx(295.5) and planning.gpu_duration(plan) == 197
 
 
 def test_the_memory_guard_refuses_what_the_slice_cannot_hold(models, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
+    monkeypatch.setattr(planning, "ON_ZERO_GPU", True)
     with Image.open(CAT) as im:
         w, h = working_size(*im.size, size=256, max_long_side=448, resize_mode="resize")
     limit = 48 * 0.9
@@ -131,36 +133,36 @@ def test_the_memory_guard_refuses_what_the_slice_cannot_hold(models, monkeypatch
     fit = math.floor((limit - 3.140) / per_sample)
     need = 3.140 + (fit + 1) * per_sample
     assert need > limit and fit >= 1
-    with pytest.raises(app.ConfigError) as info:
-        app.make_plan("text", _values(size=256, max_long_side=448, samples=fit + 1))
+    with pytest.raises(ConfigError) as info:
+        planning.make_plan("text", _values(size=256, max_long_side=448, samples=fit + 1))
     assert str(info.value) == (f"samples={fit + 1} is not allowed: at most {fit} at {w}x{h}: {fit + 1} would need "
                                f"about {need:.0f} GB of GPU memory and {limit:.0f} GB can be used here")
-    assert app.make_plan("text", _values(size=256, max_long_side=448, samples=fit)).memory_gb <= limit
+    assert planning.make_plan("text", _values(size=256, max_long_side=448, samples=fit)).memory_gb <= limit
 
 
 def test_the_validator_marks_the_field_before_the_queue(models, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
-    names = app.handler_inputs("text")
-    checks = app.make_validator("text")(*_args(size=256, max_long_side=448, samples=16))
+    monkeypatch.setattr(planning, "ON_ZERO_GPU", True)
+    names = api.handler_inputs("text")
+    checks = api.make_validator("text")(*_args(size=256, max_long_side=448, samples=16))
     bad = {n: c["message"] for n, c in zip(names, checks) if not c["is_valid"]}
     assert list(bad) == ["samples"] and "GB of GPU memory" in bad["samples"]
 
 
 def test_a_run_past_its_deadline_says_so(models, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
-    plan = dataclasses.replace(app.make_plan("text", _values(steps=200, skip=0)),
-                               seconds=app.GPU_START_S + app.FINISH_S + 1e-3)  # a deadline that has passed
+    monkeypatch.setattr(planning, "ON_ZERO_GPU", True)
+    plan = dataclasses.replace(planning.make_plan("text", _values(steps=200, skip=0)),
+                               seconds=planning.GPU_START_S + planning.FINISH_S + 1e-3)  # a deadline that has passed
     with pytest.raises(gr.Error, match="GPU time ran out after 1 guided steps, before any sample finished"):
-        list(app.run_translation(plan))
+        list(worker.run_translation(plan))
 
 
 def test_the_estimate_beside_the_button(models, monkeypatch):
-    monkeypatch.setattr(app, "ON_ZERO_GPU", True)
-    seconds, memory = app.cost("imagenet", app.preset("text", **SMALL),
+    monkeypatch.setattr(planning, "ON_ZERO_GPU", True)
+    seconds, memory = planning.cost("imagenet", preset("text", **SMALL),
                                math.prod(working_size(*Image.open(CAT).size, size=64, max_long_side=96,
                                                       resize_mode="resize")))
-    assert app.estimate("text", *_args()) == f"≈ {seconds:.0f} s of your daily ZeroGPU quota · ≈ {memory:.0f} GB"
-    assert "skip=10 is not allowed" in app.estimate("text", *_args(skip=10))
+    assert api.estimate("text", *_args()) == f"≈ {seconds:.0f} s of your daily ZeroGPU quota · ≈ {memory:.0f} GB"
+    assert "skip=10 is not allowed" in api.estimate("text", *_args(skip=10))
 
 
 def test_closing_the_stream_does_not_wait_for_the_gpu(models):
@@ -177,7 +179,7 @@ def test_closing_the_stream_does_not_wait_for_the_gpu(models):
         finally:
             closed.append(threading.current_thread().name)
 
-    stream = app._drained(gpu())
+    stream = worker.drained(gpu())
     assert next(stream) == "first"
     inside_step.wait(5)
     closer = threading.Thread(target=stream.close)
@@ -204,26 +206,26 @@ def test_the_gpu_generator_runs_in_the_callers_context(models):
         yield "done"
 
     visitor.set("token of the visitor")
-    assert list(app._drained(gpu())) == ["done"]
+    assert list(worker.drained(gpu())) == ["done"]
     assert seen == ["token of the visitor"]
 
 
 def test_a_small_run_does_not_teach_a_speed(models, monkeypatch):
     """Timing at 64x96 says nothing of 256x256 (pixel_factor is never below 1): it is not learned."""
-    monkeypatch.setattr(app, "_MEASURED_SPEED", {})
+    monkeypatch.setattr(planning, "MEASURED_SPEED", {})
     cuda = {g: dataclasses.replace(m, device=__import__("torch").device("cuda")) for g, m in models.items()}
-    monkeypatch.setattr(app, "_MODELS", cuda)
-    monkeypatch.setattr(app, "memory_limit_gb", lambda: None)  # no CUDA here to ask
+    monkeypatch.setattr(planning, "MODELS", cuda)
+    monkeypatch.setattr(planning, "memory_limit_gb", lambda: None)  # no CUDA here to ask
     def run_translation(plan):
-        yield from (app.Step(1, 2, 1, 0, None), app.Step(2, 2, 1, 0, None), app.Done([]))
+        yield from (worker.Step(1, 2, 1, 0, None), worker.Step(2, 2, 1, 0, None), worker.Done([]))
 
-    monkeypatch.setattr(app, "run_translation", run_translation)
-    plan = app.make_plan("text", _values())
-    list(app._stream(plan, None))
-    assert app._MEASURED_SPEED == {}
+    monkeypatch.setattr(worker, "run_translation", run_translation)
+    plan = planning.make_plan("text", _values())
+    list(worker.stream(plan, None))
+    assert planning.MEASURED_SPEED == {}
     big = dataclasses.replace(plan, pixels=256 * 256)
-    list(app._stream(big, None))
-    assert ("imagenet", "text") in app._MEASURED_SPEED
+    list(worker.stream(big, None))
+    assert ("imagenet", "text") in planning.MEASURED_SPEED
 
 
 def test_front_matter_preloads_every_weight_file_and_pins_zero_gpu_versions():

@@ -1,0 +1,86 @@
+"""The Gradio components that carry settings: each hands its value to dsct unchecked, so an API
+caller's bad value gets TranslationConfig's message (which names the field), as on the page."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gradio as gr
+
+from dsct import TranslationConfig
+from dsct.config import RANGES
+
+from .words import RESIZE_CHOICES, SETTINGS, WORDS
+
+# Sliders stop where hand-tuning stops (the SPEC §5 weights are at most 3000); the API may send
+# anything in config.RANGES, and TranslationConfig, not the slider, decides what is valid.
+WEIGHT_SLIDER_MAX = 10_000.0
+NUMBER_FIELDS = frozenset({"seed", "restart_threshold"})  # typed, not slid: their ranges span decades
+
+
+class ConfigSlider(gr.Slider):
+    """A slider whose bounds guide the hand only: values reach TranslationConfig unchecked, so an
+    API caller's out-of-range value gets the config's message, which names the field."""
+
+    is_template = True  # rendered by the frontend as a plain slider
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ConfigNumber(gr.Number):
+    """A number box that, like ConfigSlider, leaves range and type checks to TranslationConfig."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ConfigRadio(gr.Radio):
+    """Radio buttons that, like ConfigSlider, leave the check of an API caller's value to dsct, whose
+    message names the field and its choices (gr.Radio's own refusal reaches gradio_client as a bare 400)."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
+class ImageInput(gr.Image):
+    """An image input that hands dsct the uploaded file itself.
+
+    gr.Image would decode the whole upload and save it again as 8-bit RGB: a 16-bit PNG would
+    arrive nearly white, transparency would be dropped instead of composited on white, and a huge
+    upload would be decoded before dsct's size limit (read from the header) could refuse it. The
+    same file then gives the same result through the app, the CLI and the library.
+    """
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> str | None:
+        return None if payload is None else str(payload.path)
+
+
+def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
+    """The input for one TranslationConfig field, labelled in words (WORDS)."""
+    label, info = WORDS[name]
+    field, kw = SETTINGS[name], dict(value=value, label=label, info=info, **extra)
+    if field.type == "bool":
+        return gr.Checkbox(**kw)
+    if name == "resize_mode":
+        return ConfigRadio(choices=RESIZE_CHOICES, **kw)
+    low, high = RANGES[name]
+    is_int = field.type == "int"
+    if name in NUMBER_FIELDS:
+        return ConfigNumber(minimum=low, maximum=high, precision=0 if is_int else None, **kw)
+    if name.startswith("lambda_"):
+        high = min(high, WEIGHT_SLIDER_MAX)
+    step = 32 if name in ("size", "max_long_side") else 1
+    return ConfigSlider(minimum=low, maximum=high, step=step, **kw)
+
+
+def config_values(config: TranslationConfig, names: Sequence[str]) -> list[Any]:
+    """Values for the controls ``names``: config fields, plus the resampling toggle."""
+    return [config.resample_repeats > 1 if n == "resampling" else getattr(config, n) for n in names]

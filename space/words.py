@@ -1,0 +1,116 @@
+"""The words of the page and of the API: labels, help, banners and endpoint descriptions.
+
+A label is for people; the API keeps the parameter names, and its descriptions are these same
+words, so the page, ``/gradio_api/info``, gradio_client and the MCP schema say one thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gradio as gr
+
+from dsct import Models, TranslationConfig, budget
+from dsct.config import MAX_SAMPLES, RANGES, format_range
+
+SETTINGS = {f.name: f for f in dataclasses.fields(TranslationConfig)}  # every setting, by name
+CPU_FORWARD_S = 25  # README: one forward of the real 552M UNet on a 2-core CPU
+
+GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet (any photo)", "ffhq": "Faces (FFHQ)"}
+TAB_LABELS: dict[str, str] = {"text": "Text → image", "image": "Style image"}
+
+# The Advanced accordion, grouped as SPEC §4 groups the losses; a tab shows the fields its handler takes.
+ADVANCED: dict[str, tuple[str, ...]] = {
+    "Content (structure)": ("lambda_ssim", "lambda_contra", "lambda_div", "divergence_until", "noise_aug",
+                            "regularize_content", "prog_contrast"),
+    "Style / text": ("lambda_clip", "n_cuts", "lambda_cls", "lambda_l2"),
+    "Regularisers": ("lambda_range", "lambda_id", "range_restart", "max_restarts", "restart_threshold"),
+    "Size": ("size", "max_long_side", "resize_mode"),
+}
+# Every input in words: (label, what it changes in the picture). The labels are for people; the
+# API keeps the parameter names, and its descriptions are these same words (see describe).
+WORDS: dict[str, tuple[str, str]] = {
+    "source": ("Photo to translate", "its layout is kept; any common format, transparency composited on white"),
+    "style": ("Style image", "the look to take on: colours, textures, the feel of the picture"),
+    "source_text": ("What the photo shows", "a few words, e.g. 'Lion'; the change is measured from it"),
+    "text": ("What it should become", "e.g. 'Black Leopard'; press Enter to run"),
+    "generator": ("Model", "ImageNet knows any photo; Faces knows aligned portraits and keeps the identity"),
+    "steps": ("Diffusion steps", "more steps: finer detail, slower"),
+    "skip": ("Keep more of the source (skip)", "higher keeps more of the photo and changes less"),
+    "resampling": ("Resampling", "repeat the first step a few times: a stronger change for a little more time"),
+    "resample_repeats": ("Resampling repeats", "how often the first step is repeated; 1 is none"),
+    "samples": ("Samples", "pictures made at once (cheaper than separate runs), best first"),
+    "seed": ("Seed", "the same seed and settings give the same pictures; sample k uses seed + k"),
+    "colour_match": ("Match the style's colours", "give the result the style image's colour palette"),
+    "lambda_ssim": ("Keep the layout", "how strictly the shapes and their arrangement follow the photo"),
+    "lambda_contra": ("Keep local structure", "how closely each patch keeps its own content"),
+    "lambda_div": ("Push away from the photo early", "speeds up the change in the first steps"),
+    "divergence_until": ("Push until step", "the early push stops once fewer steps than this remain"),
+    "noise_aug": ("Structure check on noisy previews", "steadier structure guidance (the paper's setting)"),
+    "regularize_content": ("Guard the layout once the text fits", "keeps the change from overshooting"),
+    "prog_contrast": ("Relax the layout until the text fits", "lets a hard change happen sooner"),
+    "lambda_clip": ("Follow the text", "how strongly the picture is pulled toward the target words"),
+    "n_cuts": ("Views of the text check", "more random crops: steadier guidance, slower"),
+    "lambda_cls": ("Take the style's look", "how strongly the overall appearance follows the style image"),
+    "lambda_l2": ("Take the style's colours and tones", "pulls the pixels toward the style image"),
+    "lambda_range": ("Keep colours in range", "avoids washed-out or saturated blotches"),
+    "lambda_id": ("Keep the person's identity", "Faces model only: the face stays recognisable"),
+    "range_restart": ("Restart broken samples", "start a sample over when its colours run out of range"),
+    "max_restarts": ("Restarts per sample at most", "bounds the extra time broken samples may take"),
+    "restart_threshold": ("Restart threshold", "lower restarts more readily (faces: 0.1)"),
+    "size": ("Working size", "short side in pixels the model works at; larger is slower and needs more memory"),
+    "max_long_side": ("Longest side at most", "pixels; a wider photo is cropped to this"),
+    "resize_mode": ("Fit", "keep the aspect ratio, or crop a square from the centre"),
+}
+RESIZE_CHOICES = [("Keep the aspect ratio", "resize"), ("Square crop", "center_crop")]
+COMPACT_HELP = {
+    "text": "What it should become, e.g. 'Black Leopard' (text mode; leave empty when a style image is given)",
+    "source_text": "What the photo shows, e.g. 'Cat' (text mode)",
+    "style": "Style image whose look to take on (image mode; then leave text and source_text empty)",
+    "preset": "'fast' (about half the time, a weaker change) or 'full' (the paper's settings)",
+    "samples": f"Samples: pictures made in one run, 1 to {MAX_SAMPLES}, returned best first",
+    "seed": "Seed of the first sample (sample k uses seed + k); -1 draws a random one",
+    "generator": "'imagenet' for any photo, 'ffhq' for aligned face portraits (keeps the identity)",
+}
+
+
+def banner(models: Models, fast_config: TranslationConfig) -> str | None:
+    """Warnings the page shows first: tiny models make no meaningful picture; a CPU is very slow."""
+    if models.tiny:
+        return ("**Tiny random models.** This server runs tiny untrained networks to test the interface: "
+                "the output is **not** a meaningful picture. Start it with real weights for real results.")
+    if models.device.type != "cuda":
+        evals = budget.evaluations(fast_config)
+        return (f"**No GPU: running on the CPU.** One forward pass of the real 552M-parameter UNet takes about "
+                f"{CPU_FORWARD_S} s on a 2-core CPU and each guided step adds a backward pass, so the fast preset's "
+                f"{evals} guided steps take well over {evals * CPU_FORWARD_S // 60} minutes per sample. "
+                "The fast preset is selected.")
+    return None
+
+
+def api_help(name: str) -> str:
+    """A parameter's description in the API docs and the MCP schema: the words, then the range."""
+    label, info = WORDS[name]
+    if name in RANGES:
+        low, high = RANGES[name]
+        kind = "an integer" if SETTINGS[name].type == "int" else "a number"
+        return f"{label}: {info} ({kind} in {format_range(low, high)})"
+    return f"{label}: {info}"
+
+
+def describe(handler: Callable[..., Any], summary: str, returns: str, helps: Mapping[str, str] = {}) -> None:
+    """Give a handler the ``Args:`` docstring gradio reads for its MCP tool, one line per parameter
+    (``helps`` overrides the words of WORDS where a parameter means something else there)."""
+    names = [p for p in inspect.signature(handler).parameters if p != "progress"]
+    args = "\n".join(f"    {n}: {helps.get(n) or api_help(n)}" for n in names)
+    handler.__doc__ = f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}"
+
+
+def described(component: gr.components.Component, text: str) -> gr.components.Component:
+    """Give a component the description /gradio_api/info and gradio_client show for its parameter."""
+    own = getattr(component, "api_info_as_input", component.api_info)
+    component.api_info_as_input = lambda: {**own(), "additional_description": text}  # type: ignore[method-assign]
+    return component
