@@ -27,12 +27,15 @@ from dsct import DSCTError, ModelConfig, Models, TranslationConfig, load_models,
 from dsct.config import GeneratorName, Mode, StepCapture
 from space import planning
 from space.api import (
-    COMPACT_INPUTS, HANDLERS, estimate, handler_inputs, make_validator, pick_seed, run_example, set_compact_defaults,
-    translate_compact, validate_compact,
+    COMPACT_INPUTS, HANDLERS, estimate, handler_inputs, make_validator, prepare_run, run_example, set_compact_defaults,
+    stopped_note, translate_photo, validate_compact,
 )
-from space.controls import ConfigNumber, ConfigRadio, ImageInput, config_values, control
-from space.results import before_after, result_path, selected_index
-from space.words import ADVANCED, COMPACT_HELP, GENERATOR_LABELS, SETTINGS, TAB_LABELS, WORDS, api_help, banner, described
+from space.controls import ConfigNumber, ConfigRadio, ImageInput, config_values, control, preset_updates, with_example
+from space.results import before_after, mirror_photo, result_path, show_selected
+from space.words import (
+    ADVANCED, COMPACT_HELP, GENERATOR_LABELS, HEADER, HOW_IT_WORKS, SETTINGS, SETTINGS_LABEL, TAB_LABELS, WORDS, api_help, banner,
+    described,
+)
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 TEXT_EXAMPLES = [  # (source, source text, target text); licences in examples/README.md
@@ -49,7 +52,18 @@ STYLE_EXAMPLES = [  # (source, style image)
 ]
 MAX_QUEUE = 20
 CSS = """
-.dsct-banner { border-left: 4px solid #d97706; padding: 0.4em 0.8em; background: rgba(217, 119, 6, 0.08); }
+.dsct-banner { border-left: 4px solid #d97706; padding: 0.2em 0.8em; background: rgba(217, 119, 6, 0.08); }
+.dsct-header h1 { margin-bottom: 0.1em; }
+.dsct-status { min-height: 3.2em; }
+.dsct-status .progress-text { display: none; }  /* its timer restarts at every update: the line says the time */
+.dsct-whole img { object-fit: contain !important; max-height: 380px !important; }
+/* results: each picture whole, its caption under it and whole (rank and seed, scores, notes: one line each) */
+.dsct-results .grid-wrap, .dsct-results .gallery-item { height: auto !important; max-height: none !important; }
+.dsct-results .thumbnail-item { height: auto !important; aspect-ratio: auto !important; overflow: visible !important;
+  display: flex; flex-direction: column; }
+.dsct-results .thumbnail-item img { height: auto; max-height: 220px; }
+.dsct-results .caption-label { position: static !important; white-space: pre-line !important; max-width: none !important;
+  overflow: visible !important; text-overflow: clip !important; transform: none !important; font-size: 12px; }
 """
 LAUNCH_KWARGS: dict[str, Any] = dict(theme=gr.themes.Soft(), css=CSS, mcp_server=True)
 
@@ -58,95 +72,110 @@ LAUNCH_KWARGS: dict[str, Any] = dict(theme=gr.themes.Soft(), css=CSS, mcp_server
 
 
 def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig, fast: bool,
-               cache_examples: bool, show_cost: bool) -> None:
-    """One tab: inputs, settings, outputs, wiring and examples for one mode; ``show_cost``: the
-    estimated GPU time and memory of the current settings beside the button."""
+              examples: str | None, show_cost: bool) -> dict[str, gr.components.Component]:
+    """One tab: the first view (photo, prompts or style image, preset and model, Translate, status)
+    beside the results, then the settings and the examples; returns the tab's controls.
+
+    ``examples``: None runs an example on click, "lazy" or "eager" caches its result (the Space);
+    ``show_cost``: the estimated GPU time and memory of the current settings beside the button.
+    """
     names = handler_inputs(mode)
     preset_names = [n for n in names if n in SETTINGS or n == "resampling"]  # what a preset sets
     value = dict(zip(preset_names, config_values(initial, preset_names)))
     controls: dict[str, gr.components.Component] = {}
-    with gr.Row():
-        with gr.Column(scale=1):
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
             with gr.Row():
-                controls["source"] = ImageInput(label=WORDS["source"][0], type="filepath", height=300)
+                controls["source"] = ImageInput(label=WORDS["source"][0], type="filepath", height=220)
                 if mode == "image":
-                    controls["style"] = ImageInput(label=WORDS["style"][0], type="filepath", height=300)
+                    controls["style"] = ImageInput(label=WORDS["style"][0], type="filepath", height=220)
             if mode == "text":
                 with gr.Row():
                     for name, example in (("source_text", "Cat"), ("text", "Black Leopard")):
-                        controls[name] = gr.Textbox(label=WORDS[name][0], info=WORDS[name][1],
-                                                    placeholder=example, max_lines=1)
+                        controls[name] = with_example(gr.Textbox(label=WORDS[name][0], max_lines=1,
+                                                                 placeholder=f"{example}  (Enter runs it)"), example)
             with gr.Row():
-                speed = gr.Radio([("Full (the paper's settings)", "full"), ("Fast", "fast")],
-                                 value="fast" if fast else "full", label="Preset",
-                                 info="Fast: half the steps, a weaker change in about half the time")
+                speed = gr.Radio([("Full", "full"), ("Fast", "fast")], value="fast" if fast else "full", label="Preset",
+                                 info="Full: the paper's settings. Fast: about half the time, a weaker change")
                 controls["generator"] = ConfigRadio(
                     [(GENERATOR_LABELS[g], g) for g in generators], value=generators[0], label=WORDS["generator"][0],
                     info=WORDS["generator"][1], interactive=len(generators) > 1)
-            with gr.Row():
-                controls["steps"] = control("steps", value["steps"])
-                controls["skip"] = control("skip", value["skip"])
-            with gr.Row():
-                controls["resampling"] = gr.Checkbox(value=value["resampling"], label=WORDS["resampling"][0],
-                                                     info=WORDS["resampling"][1])
-                controls["resample_repeats"] = control("resample_repeats", value["resample_repeats"],
-                                                        interactive=value["resampling"])
+            note = gr.Markdown(elem_classes="dsct-note")
             with gr.Row(equal_height=True):
-                controls["samples"] = control("samples", value["samples"])
-                controls["seed"] = control("seed", value["seed"])
-                randomize = gr.Checkbox(value=True, label="Randomize seed", info="a new seed for every run",
-                                        scale=0, min_width=160)
-            if mode == "image":
-                controls["colour_match"] = control("colour_match", value["colour_match"])
-            with gr.Accordion("Advanced", open=False):
-                for group, fields in ADVANCED.items():
-                    shown = [n for n in fields if n in names]
-                    if shown:
-                        gr.Markdown(f"**{group}**")
-                        for n in shown:
-                            controls[n] = control(n, value[n])
-            with gr.Row(equal_height=True):
-                run = gr.Button("Translate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-                cost_note = gr.Markdown(visible=show_cost, elem_classes="dsct-cost")
-        with gr.Column(scale=1):
-            slider = gr.ImageSlider(label="Before / after (best result)", type="pil", interactive=False, height=360)
-            results = gr.Gallery(label="Results (best first)", format="png", columns=4, height=240,
-                                 buttons=["download", "download_all", "share", "fullscreen"], interactive=False)
-            reuse = gr.Button("Use the selected result as the source", size="sm")
+                run = gr.Button("Translate", variant="primary", scale=2)
+                stop = gr.Button("Stop", variant="stop", interactive=False, scale=1)
+            status = gr.Markdown(elem_classes="dsct-status")
+            cost_note = gr.Markdown(visible=show_cost, elem_classes="dsct-cost")
+        with gr.Column(scale=1, min_width=320):
+            slider = gr.ImageSlider(label="Before / after (best result)", type="pil", interactive=False, height=380,
+                                    max_height=380, elem_classes="dsct-whole")
+            results = gr.Gallery(label="Results (best first)", format="png", columns=3, height="auto",
+                                 object_fit="contain", fit_columns=False, buttons=["download", "download_all", "share", "fullscreen"],
+                                 interactive=False, elem_classes="dsct-results")
+            reuse = gr.Button("Use the selected result as the source", size="sm", interactive=False)
             previews = gr.Gallery(label="Previews while sampling", format="png", columns=4, height=160,
-                                  interactive=False)
+                                  object_fit="contain", interactive=False)
+    with gr.Accordion(SETTINGS_LABEL, open=False):
+        with gr.Row():
+            controls["steps"] = control("steps", value["steps"])
+            controls["skip"] = control("skip", value["skip"])
+        with gr.Row():
+            controls["resampling"] = gr.Checkbox(value=value["resampling"], label=WORDS["resampling"][0],
+                                                 info=WORDS["resampling"][1])
+            controls["resample_repeats"] = control("resample_repeats", value["resample_repeats"],
+                                                   visible=value["resampling"])
+        with gr.Row(equal_height=True):
+            controls["samples"] = control("samples", value["samples"])
+            controls["seed"] = control("seed", value["seed"])
+            randomize = gr.Checkbox(value=True, label="Randomize seed", info="a new seed for every run",
+                                    scale=0, min_width=160)
+        if mode == "image":
+            controls["colour_match"] = control("colour_match", value["colour_match"])
+        with gr.Accordion("Advanced", open=False):
+            for group, fields in ADVANCED.items():
+                shown = [n for n in fields if n in names]
+                if shown:
+                    gr.Markdown(f"**{group}**")
+                    for n in shown:
+                        visible = n != "lambda_id" or generators[0] == "ffhq"  # the identity weight: Faces only
+                        controls[n] = control(n, value[n], visible=visible)
 
     missing = set(names) - set(controls)
     assert not missing, f"handler parameters without a control: {missing}"
     inputs = [described(controls[n], api_help(n)) for n in names]
     triggers = [run.click] + ([controls["text"].submit, controls["source_text"].submit] if mode == "text" else [])
-    seeded = gr.on(triggers, pick_seed, [randomize, controls["seed"]], controls["seed"], queue=False,
-                   show_progress="hidden", api_visibility="private")
+    prepared = gr.on(triggers, functools.partial(prepare_run, mode), [randomize, controls["seed"], *inputs],
+                     [controls["seed"], status, stop], show_progress="hidden", api_visibility="private")
     # On ZeroGPU each call gets a GPU of its own, so users need not wait for each other; one local
     # GPU runs one translation at a time, whichever tab it comes from.
-    event = seeded.then(HANDLERS[mode], inputs=inputs, outputs=[results, previews], api_name=f"translate_{mode}",
-                        validator=make_validator(mode), concurrency_id="gpu",
-                        concurrency_limit=None if planning.ON_ZERO_GPU else 1)
+    event = prepared.then(HANDLERS[mode], inputs=inputs, outputs=[results, previews], api_name=f"translate_{mode}",
+                          validator=make_validator(mode), concurrency_id="gpu", show_progress_on=[status],
+                          concurrency_limit=None if planning.ON_ZERO_GPU else 1)
+    event.then(lambda: gr.update(interactive=False), None, stop, queue=False, api_visibility="private")
     if show_cost:
         start = {**value, "generator": generators[0]}
         cost_note.value = estimate(mode, *[start.get(n) for n in names])
         gr.on([controls[n].change for n in names], functools.partial(estimate, mode), inputs=inputs,
               outputs=cost_note, queue=False, show_progress="hidden", api_visibility="private")
-    stop.click(fn=None, cancels=[event])
-    results.change(before_after, [controls["source"], results], slider, queue=False, api_visibility="private")
+    stop.click(stopped_note, None, [status, stop], cancels=[event], queue=False, api_visibility="private")
     selected = gr.State(0)
-    results.select(selected_index, None, selected, queue=False, api_visibility="private")
-    results.change(lambda: 0, None, selected, queue=False, api_visibility="private")  # new results: the best
+    results.change(before_after, [controls["source"], results], slider, queue=False, api_visibility="private")
+    results.change(lambda g: (0, gr.update(interactive=bool(g))), results, [selected, reuse], queue=False,
+                   api_visibility="private")  # new results: the best is selected
+    results.select(show_selected, [controls["source"], results], [selected, slider], queue=False,
+                   api_visibility="private")
     reuse.click(result_path, [results, selected], controls["source"], queue=False, api_visibility="private")
-    controls["resampling"].change(lambda on: gr.update(interactive=on), controls["resampling"],
+    controls["resampling"].change(lambda on: gr.update(visible=on), controls["resampling"],
                                   controls["resample_repeats"], queue=False, api_visibility="private")
 
-    def apply_preset(choice: str, generator: str) -> list[Any]:
-        return config_values(preset(mode, fast=choice == "fast", generator=generator), preset_names)
+    preset_controls = [controls[n] for n in preset_names]
+
+    def apply_preset(choice: str, generator: str, *current: Any) -> list[Any]:
+        updates, said = preset_updates(mode, choice == "fast", generator, preset_names, current)
+        return [*updates, said]
 
     for trigger in (speed, controls["generator"]):
-        trigger.input(apply_preset, [speed, controls["generator"]], [controls[n] for n in preset_names],
+        trigger.input(apply_preset, [speed, controls["generator"], *preset_controls], [*preset_controls, note],
                       queue=False, api_visibility="private")
 
     rows = TEXT_EXAMPLES if mode == "text" else STYLE_EXAMPLES
@@ -156,24 +185,46 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
         [[str(EXAMPLES / row[0]), *([str(EXAMPLES / row[1])] if mode == "image" else row[1:])] for row in rows],
         inputs=[controls[n] for n in example_inputs], outputs=results,
         fn=lambda *row: run_example(mode, generators[0], settings, *row),
-        cache_examples=cache_examples, cache_mode="lazy" if cache_examples else None,
-        label="Examples (cached with the settings shown at start)" if cache_examples else "Examples",
+        cache_examples=examples is not None, cache_mode=examples, run_on_click=examples is None,
+        label="Examples: a click shows the result (cached with the settings at start)" if examples
+        else "Examples: a click runs one with the settings at start",
         api_visibility="private",
     )
+    return controls
 
 
 def build_compact_api(defaults: Mapping[str, Any] | None, generators: Sequence[str]) -> None:
     """The one-call endpoint (/translate, also the MCP tool): hidden components, no layout."""
     set_compact_defaults(defaults)
     with gr.Column(visible=False):
-        inputs = [ImageInput(type="filepath"), gr.Textbox(value=""), gr.Textbox(value=""), ImageInput(type="filepath"),
-                  ConfigRadio(["full", "fast"], value="fast"), ConfigNumber(value=1), ConfigNumber(value=-1),
-                  ConfigRadio(list(GENERATOR_LABELS), value=generators[0])]
+        inputs = [ImageInput(type="filepath"), with_example(gr.Textbox(value=""), "Black Leopard"),
+                  with_example(gr.Textbox(value=""), "Cat"), with_example(ImageInput(type="filepath"), None),
+                  ConfigRadio(["full", "fast"], value="fast"), ConfigNumber(value=1, precision=0),
+                  ConfigNumber(value=-1, precision=0), ConfigRadio(list(GENERATOR_LABELS), value=generators[0])]
+        for name, component in zip(COMPACT_INPUTS, inputs):
+            component.label = name  # hidden: the label only names the parameter on the API page
         inputs = [described(c, COMPACT_HELP.get(n) or api_help(n)) for n, c in zip(COMPACT_INPUTS, inputs)]
         outputs = [gr.Gallery(format="png"), gr.JSON()]
         button = gr.Button()
-    button.click(translate_compact, inputs, outputs, api_name="translate", validator=validate_compact,
+    button.click(translate_photo, inputs, outputs, api_name="translate", validator=validate_compact,
                  concurrency_id="gpu", concurrency_limit=None if planning.ON_ZERO_GPU else 1)
+
+
+def share_the_photo(sources: Sequence[gr.Image]) -> None:
+    """One photo for every tab: a new or cleared photo in one is the photo of the others."""
+    for source in sources:
+        for other in sources:
+            if other is not source:
+                source.change(mirror_photo, [source, other], other, queue=False, show_progress="hidden",
+                              api_visibility="private")
+
+
+def example_cache_mode(cache_examples: bool) -> str | None:
+    """On the Space, examples show cached results: computed at start-up where a GPU is there at start
+    (not on ZeroGPU, whose GPU exists only inside a call), else at their first use."""
+    if not cache_examples:
+        return None
+    return "lazy" if planning.ON_ZERO_GPU else "eager"
 
 
 def build_demo(models: Mapping[str, Models], *, defaults: Mapping[str, Any] | None = None,
@@ -182,7 +233,7 @@ def build_demo(models: Mapping[str, Models], *, defaults: Mapping[str, Any] | No
 
     ``defaults`` override the preset's initial control values (tests and tiny models use small
     settings); the fast preset starts selected without a GPU; ``cache_examples`` (the Space)
-    caches each example's result at its first use.
+    caches each example's result.
     """
     if not models:
         raise ValueError("build_demo needs at least one generator's models")
@@ -191,22 +242,20 @@ def build_demo(models: Mapping[str, Models], *, defaults: Mapping[str, Any] | No
     first = models[generators[0]]
     fast = first.device.type != "cuda"
     page_banner = banner(first, preset("text", fast=True))
-    with gr.Blocks(title="DSCT: diffusion-based image translation", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown(
-            "# DSCT — diffusion-based semantic image translation\n"
-            "Change a photo's content toward a **target text** or the look of a **style image** while keeping its "
-            "layout (DiffuseIT, Kwon & Ye, ICLR 2023): a pretrained diffusion model is guided by DINO ViT structure "
-            "losses and CLIP or style losses. Samples come back best first, each with its seed and scores "
-            "(content: structure distance to the source, lower keeps more; target: closeness to the target, higher "
-            "is closer).")
+    with gr.Blocks(title="DSCT: translate a photo, keep its layout", delete_cache=(3600, 3600)) as demo:
+        build_compact_api(defaults, generators)  # first: the API page and the MCP server list it first
+        gr.Markdown(HEADER, elem_classes="dsct-header")
         if page_banner:
             gr.Markdown(page_banner, elem_classes="dsct-banner")
+        sources = []
         for mode in get_args(Mode):
             with gr.Tab(TAB_LABELS[mode]):
                 initial = preset(mode, fast=fast, generator=generators[0], **(defaults or {}))
-                build_tab(mode, generators, initial, fast, cache_examples,
-                           show_cost=planning.ON_ZERO_GPU or first.device.type == "cuda")
-        build_compact_api(defaults, generators)
+                sources.append(build_tab(mode, generators, initial, fast, example_cache_mode(cache_examples),
+                                         show_cost=planning.ON_ZERO_GPU or first.device.type == "cuda")["source"])
+        share_the_photo(sources)
+        with gr.Accordion("How it works", open=False):
+            gr.Markdown(HOW_IT_WORKS)
     demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)  # explicit: ZeroGPU would cap the queue at 1
     return demo
 

@@ -1,5 +1,5 @@
 """The endpoints: ``translate_text`` and ``translate_image`` (every setting, streamed previews) and
-``translate_compact`` (``/translate``, also the MCP tool: a preset and a few arguments), each with
+``translate_photo`` (``/translate``, also the MCP tool: a preset and a few arguments), each with
 the validator that refuses a bad request before the queue and marks the input it belongs to.
 Every request becomes a ``planning.Plan`` through ``make_plan``, the one check.
 """
@@ -21,10 +21,17 @@ from dsct.config import Mode
 from . import planning
 from .planning import Plan, cost, make_plan, settings, work_size
 from .results import gallery_rows
-from .words import COMPACT_HELP, SETTINGS, describe
-from .worker import Done, Step, stream, user_error
+from .words import COMPACT_HELP, SETTINGS, describe, missing_inputs, page_message, stopped_line
+from .worker import LAST_STEPS, Done, Step, stream, user_error
 
 log = logging.getLogger("dsct.app")
+
+
+NOT_INPUTS = frozenset({"progress", "request"})  # a handler's parameters that gradio fills, not the caller
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
 
 
 def outputs(updates: Iterator[Step | Done]) -> Iterator[tuple[Any, Any]]:
@@ -51,14 +58,14 @@ def translate_text(
     divergence_until: int, noise_aug: bool, regularize_content: bool, prog_contrast: bool, lambda_clip: float,
     n_cuts: int, lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int,
     restart_threshold: float, size: int, max_long_side: int, resize_mode: str,
-    progress: gr.Progress = gr.Progress(),
+    progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the target text (`text`), given what it shows (`source_text`).
 
     Streams (results, x̂0 previews); results are best first, captioned with seed and scores. The UI's
     faces preset (generator='ffhq') sets lambda_id=100 and restart_threshold=0.1: API callers pass them.
     """
-    yield from outputs(stream(planned("text", locals()), progress))
+    yield from outputs(stream(planned("text", locals()), progress, session_of(request)))
 
 
 def translate_image(
@@ -67,14 +74,14 @@ def translate_image(
     lambda_div: float, divergence_until: int, noise_aug: bool, lambda_cls: float, lambda_l2: float,
     lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int, restart_threshold: float,
     size: int, max_long_side: int, resize_mode: str,
-    progress: gr.Progress = gr.Progress(),
+    progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the look of the style image, keeping the source's structure.
 
     Yields (results best first, x̂0 previews). For the UI's faces preset, API callers choosing
     generator='ffhq' also pass lambda_id=100 and restart_threshold=0.1.
     """
-    yield from outputs(stream(planned("image", locals()), progress))
+    yield from outputs(stream(planned("image", locals()), progress, session_of(request)))
 
 
 HANDLERS: dict[str, Callable[..., Iterator[tuple[Any, Any]]]] = {"text": translate_text, "image": translate_image}
@@ -82,7 +89,7 @@ HANDLERS: dict[str, Callable[..., Iterator[tuple[Any, Any]]]] = {"text": transla
 
 def handler_inputs(mode: Mode) -> list[str]:
     """A handler's parameters in order: the UI inputs it is wired to, one to one."""
-    return [p for p in inspect.signature(HANDLERS[mode]).parameters if p != "progress"]
+    return [p for p in inspect.signature(HANDLERS[mode]).parameters if p not in NOT_INPUTS]
 
 
 def field_of(error: DSCTError, names: Sequence[str]) -> str:
@@ -161,7 +168,7 @@ def make_validator(mode: Mode) -> Callable[..., list[dict[str, Any]]]:
     return validator(handler_inputs(mode), lambda values: (mode, values))
 
 
-def translate_compact(source: str | None, text: str | None = None, source_text: str | None = None,
+def translate_photo(source: str | None, text: str | None = None, source_text: str | None = None,
                       style: str | None = None, preset: str = "fast", samples: int = 1, seed: int = -1,
                       generator: str = "imagenet", progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
     # the docstring (the endpoint's and MCP tool's description) is written by describe, from COMPACT_HELP
@@ -201,7 +208,34 @@ def pick_seed(randomize: bool, seed: Any) -> Any:
     return random_seed() if randomize else seed
 
 
-describe(translate_compact, "Translate a photo toward a target text or the look of a style image, keeping its "
+def prepare_run(mode: Mode, randomize: bool, seed: Any, *values: Any) -> tuple[Any, str, Any]:
+    """What a click on Translate does first, before the queue: the seed the run will use (shown in the
+    seed box), and a refusal in the page's words beside the button and as a toast. The validator then
+    marks the field with the API's wording; the Stop button is enabled only for a run that starts.
+    """
+    seed = pick_seed(randomize, seed)
+    values_by_name = {**dict(zip(handler_inputs(mode), values)), "seed": seed}
+    missing = missing_inputs(mode, values_by_name)
+    try:
+        if missing:
+            raise ConfigError(missing[0], values_by_name.get(missing[0]), "given")
+        make_plan(mode, values_by_name)
+    except DSCTError as e:
+        message = page_message(e, missing)
+        gr.Warning(message)
+        return seed, f"**⚠ {message}**", gr.update(interactive=False)
+    except Exception:  # noqa: BLE001 — the validator reports what could not be checked
+        return seed, "", gr.update(interactive=False)
+    return seed, "", gr.update(interactive=True)
+
+
+def stopped_note(request: gr.Request | None = None) -> tuple[str, Any]:
+    """What the page says after Stop: the step the run had reached."""
+    step, steps = LAST_STEPS.pop(session_of(request), (None, None))
+    return stopped_line(step, steps), gr.update(interactive=False)
+
+
+describe(translate_photo, "Translate a photo toward a target text or the look of a style image, keeping its "
          "layout (DiffuseIT).", "(gallery, info): the pictures best first with captions, and JSON with the mode, "
          "the seeds and each result's scores (content: lower keeps more of the layout; target: higher is closer)",
          COMPACT_HELP)

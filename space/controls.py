@@ -8,10 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from dsct import TranslationConfig
+from dsct import TranslationConfig, preset
 from dsct.config import RANGES
 
-from .words import RESIZE_CHOICES, SETTINGS, WORDS
+from .words import FACES_NOTE, RESIZE_CHOICES, SETTINGS, WORDS
 
 # Sliders stop where hand-tuning stops (the SPEC §5 weights are at most 3000); the API may send
 # anything in config.RANGES, and TranslationConfig, not the slider, decides what is valid.
@@ -24,6 +24,11 @@ class ConfigSlider(gr.Slider):
     API caller's out-of-range value gets the config's message, which names the field."""
 
     is_template = True  # rendered by the frontend as a plain slider
+
+    integer = False  # set on an instance for an int setting: the API page and gradio_client then type it int
+
+    def api_info(self) -> dict[str, Any]:
+        return {**super().api_info(), "type": "integer"} if self.integer else super().api_info()
 
     def preprocess(self, payload: Any) -> Any:
         return payload
@@ -78,9 +83,34 @@ def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
     if name.startswith("lambda_"):
         high = min(high, WEIGHT_SLIDER_MAX)
     step = 32 if name in ("size", "max_long_side") else 1
-    return ConfigSlider(minimum=low, maximum=high, step=step, **kw)
+    slider = ConfigSlider(minimum=low, maximum=high, step=step, **kw)
+    slider.integer = is_int  # not a constructor argument: gradio reads __init__'s signature for the page's config
+    return slider
 
 
 def config_values(config: TranslationConfig, names: Sequence[str]) -> list[Any]:
     """Values for the controls ``names``: config fields, plus the resampling toggle."""
     return [config.resample_repeats > 1 if n == "resampling" else getattr(config, n) for n in names]
+
+
+def preset_updates(mode: str, fast: bool, generator: str, names: Sequence[str], current: Sequence[Any]
+                   ) -> tuple[list[Any], str]:
+    """The controls ``names`` set to a preset for this generator, and a note of what that changed.
+
+    A switch of preset or model rewrites settings the user may have tuned: the note names each one
+    with its old and new value, so nothing changes unseen. The identity weight shows only with Faces.
+    """
+    values = config_values(preset(mode, fast=fast, generator=generator), names)
+    changed = [f"{WORDS[n][0]} {old} → {new}" for n, old, new in zip(names, current, values) if old != new]
+    updates = [gr.update(value=v, visible=generator == "ffhq") if n == "lambda_id" else v for n, v in zip(names, values)]
+    note = f"Preset applied: {'; '.join(changed)}." if changed else ""
+    if generator == "ffhq":
+        note = f"{FACES_NOTE} {note}".strip()
+    return updates, note
+
+
+def with_example(component: gr.components.Component, payload: Any) -> gr.components.Component:
+    """Give a component the example value the API page's snippet sends, so the snippet runs as shown
+    (gradio's defaults, "Hello!!" and a picture for every image input, make a request it must refuse)."""
+    component.example_payload = lambda: payload  # type: ignore[method-assign]
+    return component

@@ -69,6 +69,11 @@ def speed_of(generator: str, mode: str) -> budget.StepSpeed:
     return measured or budget.StepSpeed(budget.H100_STEP_SECONDS[mode] * PRIOR_SLOWDOWN)
 
 
+def evaluation_seconds(plan: Plan) -> float:
+    """Seconds of one guided evaluation of this plan's batch on this GPU, as far as it is known."""
+    return speed_of(plan.generator, plan.config.mode).evaluation_seconds(plan.config.samples, plan.pixels)
+
+
 def learn_speed(plan: Plan, seconds_per_full_step: list[float]) -> None:
     """Remember a finished run's speed on CUDA for the next plans.
 

@@ -1,8 +1,10 @@
-"""What the page shows of finished samples: captions with seed and scores, gallery rows, the
-before/after pair, and which result the user selected."""
+"""What the page shows of pictures: captions with seed and scores, gallery rows, the before/after
+pair, which result the user selected, and the one photo every tab shares."""
 
 from __future__ import annotations
 
+import filecmp
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,15 +16,16 @@ from dsct.images import fit_to, load_image
 
 
 def caption(result: Result) -> str:
-    parts = [f"#{result.rank}", f"seed {result.seed}", f"content {result.content_score:.3f}",
-             f"target {result.target_score:.3f}"]
-    if result.restarts:
-        parts.append(f"restarts {result.restarts}")
-    if result.note:
-        parts.append(result.note)
+    """Rank and seed, then the scores, then anything to know, each on its own line (the page shows
+    captions whole, wrapped at the line breaks)."""
+    lines = [f"#{result.rank} · seed {result.seed}",
+             f"content {result.content_score:.3f} · target {result.target_score:.3f}"]
+    extra = ([f"restarts {result.restarts}"] if result.restarts else []) + ([result.note] if result.note else [])
     if result.tiny:
-        parts.append("tiny model: not meaningful")
-    return " · ".join(parts)
+        extra.append("tiny model: not meaningful")
+    if extra:
+        lines.append(" · ".join(extra))
+    return "\n".join(lines)
 
 
 def gallery_rows(results: Sequence[Result]) -> list[tuple[Any, str]]:
@@ -38,13 +41,14 @@ def result_path(gallery: Any, index: int) -> str | None:
     return str(getattr(image, "path", image))
 
 
-def before_after(source: str | None, gallery: Any) -> tuple[Image.Image, Image.Image] | None:
-    """The best result beside its source, at the result's size, for the before/after slider."""
-    best = result_path(gallery, 0)
-    if not source or best is None:
+def before_after(source: str | None, gallery: Any, index: int = 0) -> tuple[Image.Image, Image.Image] | None:
+    """Result ``index`` (the best by default, else the one selected) beside its source, at the
+    result's size, for the before/after slider."""
+    shown = result_path(gallery, index)
+    if not source or shown is None:
         return None
     try:
-        with Image.open(best) as opened:
+        with Image.open(shown) as opened:
             after = opened.convert("RGB")
         before = fit_to(load_image(source, name="source image"), *after.size)  # as the model saw it
     except (DSCTError, OSError):
@@ -54,3 +58,16 @@ def before_after(source: str | None, gallery: Any) -> tuple[Image.Image, Image.I
 
 def selected_index(event: gr.SelectData) -> int:
     return event.index
+
+
+def show_selected(source: str | None, gallery: Any, event: gr.SelectData) -> tuple[int, Any]:
+    """A click on a result: remember it (for "use as the source") and show it in the before/after slider."""
+    return event.index, before_after(source, gallery, event.index)
+
+
+def mirror_photo(path: str | None, other: str | None) -> Any:
+    """The photo one tab shows, for another tab: unchanged (gr.skip) when that tab already shows the
+    same file, so two tabs that mirror each other stop after one round."""
+    same = path == other or bool(path and other and os.path.isfile(path) and os.path.isfile(other)
+                                 and filecmp.cmp(path, other, shallow=False))
+    return gr.skip() if same else path

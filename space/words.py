@@ -19,8 +19,23 @@ from dsct.config import MAX_SAMPLES, RANGES, format_range
 SETTINGS = {f.name: f for f in dataclasses.fields(TranslationConfig)}  # every setting, by name
 CPU_FORWARD_S = 25  # README: one forward of the real 552M UNet on a 2-core CPU
 
-GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet (any photo)", "ffhq": "Faces (FFHQ)"}
-TAB_LABELS: dict[str, str] = {"text": "Text → image", "image": "Style image"}
+GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet", "ffhq": "Faces"}
+TAB_LABELS: dict[str, str] = {"text": "Edit with text", "image": "Restyle with an image"}
+SETTINGS_LABEL = "Settings: steps, seed, samples and more"  # the accordion under the first view
+FACES_NOTE = "Faces expects an aligned, centred portrait (one face filling the square, as in FFHQ)."
+PAPER_URL = "https://arxiv.org/abs/2209.15264"
+CODE_URL = "https://github.com/cyclomon/DiffuseIT"
+HEADER = ("# DSCT — translate a photo, keep its layout\n"
+          "Turn what a photo shows into something else (*Cat* → *Black Leopard*) or give it the look of a style "
+          f"image. DiffuseIT, ICLR 2023: [paper]({PAPER_URL}) · [authors' code]({CODE_URL}) · "
+          "[API](?view=api)")
+HOW_IT_WORKS = (
+    "A pretrained diffusion model redraws the photo step by step, guided by a DINO ViT that keeps its "
+    "structure and by CLIP (text) or the style image's DINO features (look). Skipped steps are taken from "
+    "the photo itself. Samples come back best first, each with its seed and two scores: *content* is the "
+    "structure distance to the photo (lower keeps more of the layout), *target* the closeness to the text "
+    "or style (higher is closer). Kwon & Ye, *Diffusion-based Image Translation using Disentangled Style "
+    "and Content Representation*, ICLR 2023.")
 
 # The Advanced accordion, grouped as SPEC §4 groups the losses; a tab shows the fields its handler takes.
 ADVANCED: dict[str, tuple[str, ...]] = {
@@ -35,9 +50,9 @@ ADVANCED: dict[str, tuple[str, ...]] = {
 WORDS: dict[str, tuple[str, str]] = {
     "source": ("Photo to translate", "its layout is kept; any common format, transparency composited on white"),
     "style": ("Style image", "the look to take on: colours, textures, the feel of the picture"),
-    "source_text": ("What the photo shows", "a few words, e.g. 'Lion'; the change is measured from it"),
-    "text": ("What it should become", "e.g. 'Black Leopard'; press Enter to run"),
-    "generator": ("Model", "ImageNet knows any photo; Faces knows aligned portraits and keeps the identity"),
+    "source_text": ("What the photo shows", "a few words, e.g. 'Cat'"),
+    "text": ("What it should become", "e.g. 'Black Leopard'"),
+    "generator": ("Model", "ImageNet: any photo. Faces: aligned, centred portraits; keeps the identity"),
     "steps": ("Diffusion steps", "more steps: finer detail, slower"),
     "skip": ("Keep more of the source (skip)", "higher keeps more of the photo and changes less"),
     "resampling": ("Resampling", "repeat the first step a few times: a stronger change for a little more time"),
@@ -104,7 +119,7 @@ def api_help(name: str) -> str:
 def describe(handler: Callable[..., Any], summary: str, returns: str, helps: Mapping[str, str] = {}) -> None:
     """Give a handler the ``Args:`` docstring gradio reads for its MCP tool, one line per parameter
     (``helps`` overrides the words of WORDS where a parameter means something else there)."""
-    names = [p for p in inspect.signature(handler).parameters if p != "progress"]
+    names = [p for p in inspect.signature(handler).parameters if p not in ("progress", "request")]
     args = "\n".join(f"    {n}: {helps.get(n) or api_help(n)}" for n in names)
     handler.__doc__ = f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}"
 
@@ -114,3 +129,75 @@ def described(component: gr.components.Component, text: str) -> gr.components.Co
     own = getattr(component, "api_info_as_input", component.api_info)
     component.api_info_as_input = lambda: {**own(), "additional_description": text}  # type: ignore[method-assign]
     return component
+
+
+# --- what the page says about a request: refusals, progress, restarts, Stop ---------------------
+
+MISSING: dict[str, str] = {  # a required input left empty, in the page's words
+    "source": "a photo to translate",
+    "source_text": "what the photo shows (e.g. 'Cat')",
+    "text": "what it should become (e.g. 'Black Leopard')",
+    "style": "a style image",
+}
+REQUIRED: dict[str, tuple[str, ...]] = {"text": ("source", "source_text", "text"), "image": ("source", "style")}
+
+
+def missing_inputs(mode: str, values: Mapping[str, Any]) -> list[str]:
+    """The required inputs of a tab left empty (a blank prompt counts as empty), in page order."""
+    return [n for n in REQUIRED[mode] if values.get(n) is None or (isinstance(values[n], str) and not values[n].strip())]
+
+
+def join_words(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
+
+
+def page_message(error: Exception, missing: list[str] = ()) -> str:
+    """A refusal as the page says it, beside the button: what to add or change, in the controls' words.
+
+    The API keeps the library's precise wording (which names the parameter); this is for people.
+    """
+    if missing:
+        return f"Add {join_words([MISSING[n] for n in missing])}."
+    text = str(error)
+    field = getattr(error, "field", None)
+    if field in WORDS and hasattr(error, "allowed"):
+        return f"{WORDS[field][0]}: {error.allowed}."
+    if "style image" in text:
+        what = "The style image"
+    elif "source image" in text:
+        what = "The photo"
+    else:
+        return text
+    if "not a format PIL can decode" in text:
+        return f"{what} cannot be read: use a PNG, JPEG or WebP picture."
+    return f"{what} cannot be used: {text.split(': ', 1)[-1]}"
+
+
+def clock(seconds: float) -> str:
+    """0:07, 2:05, 1:02:03."""
+    minutes, secs = divmod(max(0, round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def user_step(evaluation: int, config: TranslationConfig) -> int:
+    """The step of the user's ``steps`` an evaluation belongs to: the skipped steps come from the
+    photo, and resampling repeats the first guided step, so the last evaluation is step ``steps``."""
+    return config.skip + 1 + max(0, evaluation - config.resample_repeats)
+
+
+def progress_line(evaluation: int, config: TranslationConfig, elapsed: float, left: float) -> str:
+    """The one progress line: the user's step count, resampling when it adds evaluations, the time."""
+    parts = [f"Step {user_step(evaluation, config)} of {config.steps}"]
+    if config.resample_repeats > 1 and evaluation <= config.resample_repeats:
+        parts.append(f"resampling the first step, {evaluation} of {config.resample_repeats}")
+    parts += [f"{clock(elapsed)} elapsed", f"about {clock(left)} left"]
+    return " · ".join(parts)
+
+
+def restart_line(sample: int, restarts: int, max_restarts: int) -> str:
+    return f"sample {sample + 1} left the valid range: restarted, {restarts} of {max_restarts}"
+
+
+def stopped_line(step: int | None, steps: int | None) -> str:
+    return "Stopped before the first step." if step is None else f"Stopped at step {step} of {steps}."

@@ -13,7 +13,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ from dsct.images import to_pil
 
 from . import planning
 from .planning import Plan, gpu_duration
+from .words import progress_line, restart_line, user_step
 
 log = logging.getLogger("dsct.app")
 
@@ -42,6 +44,7 @@ class Step:
     batch: int  # samples that ran this step
     restarts: int  # range restarts so far, all samples together
     previews: list[tuple[Any, str]] | None
+    sample_restarts: tuple[int, ...] = ()  # range restarts so far, per sample of the batch
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def run_translation(plan: Plan) -> Iterator[Step | Done]:
         if (event.step - 1) % PREVIEW_EVERY == 0:
             captions = (f"sample {k + 1} · step {event.step}/{event.total}" for k in event.sample_ids)
             previews = list(zip(to_pil(event.x0_pred), captions))
-        events.put(Step(event.step, event.total, len(event.sample_ids), sum(event.restarts), previews))
+        events.put(Step(event.step, event.total, len(event.sample_ids), sum(event.restarts), previews,
+                        tuple(event.restarts)))
 
     def work() -> None:
         try:
@@ -146,18 +150,41 @@ def drained(gpu: Generator[T, None, None]) -> Iterator[T]:
         stop.set()
 
 
-def stream(plan: Plan, progress: gr.Progress | None) -> Iterator[Step | Done]:
-    """Run a plan on the GPU and report progress; times this GPU's steps for the next plans."""
-    config, last_at, full_batch_seconds = plan.config, None, []  # time between steps that ran every sample
+LAST_STEPS: OrderedDict[str, tuple[int, int]] = OrderedDict()  # session -> (step, steps) last reported, for Stop
+KEEP_SESSIONS = 256  # the most sessions whose last step is remembered
+
+
+def stream(plan: Plan, progress: Callable[..., Any] | None, session: str | None = None) -> Iterator[Step | Done]:
+    """Run a plan on the GPU and report progress in one line (the user's step count, time elapsed and
+    left, restarts in words); times this GPU's steps for the next plans and the time left."""
+    config, started, last_at = plan.config, time.perf_counter(), None
+    full_batch_seconds: list[float] = []  # time between steps that ran every sample
+    step_seconds: list[float] = []
+    planned = planning.evaluation_seconds(plan)
+    restarts: tuple[int, ...] = ()
+    restart_note = ""
     for update in drained(run_translation(plan)):
         if isinstance(update, Step):
             now = time.perf_counter()
-            if last_at is not None and update.batch == config.samples:
-                full_batch_seconds.append(now - last_at)
+            if last_at is not None:
+                step_seconds.append(now - last_at)
+                if update.batch == config.samples:
+                    full_batch_seconds.append(now - last_at)
             last_at = now
+            per_step = sum(step_seconds) / len(step_seconds) if step_seconds else planned
+            line = progress_line(update.step, config, now - started, (update.total - update.step) * per_step)
+            new = [k for k, n in enumerate(update.sample_restarts) if n > (restarts[k] if k < len(restarts) else 0)]
+            if new:  # said until the next restart: a flash between two steps would go unread
+                restart_note = "".join(f" · {restart_line(k, update.sample_restarts[k], config.max_restarts)}" for k in new)
+            restarts = update.sample_restarts or restarts
+            line += restart_note
+            if session is not None:
+                LAST_STEPS[session] = (user_step(update.step, config), config.steps)
+                LAST_STEPS.move_to_end(session)
+                while len(LAST_STEPS) > KEEP_SESSIONS:
+                    LAST_STEPS.popitem(last=False)
             if progress is not None:
-                restarted = f" (restart {update.restarts})" if update.restarts else ""
-                progress((update.step, update.total), desc=f"guided step{restarted}", unit="steps")
+                progress(update.step / update.total, desc=line)
         else:
             planning.learn_speed(plan, full_batch_seconds)
             if (missing := config.samples - len(update.results)) > 0:

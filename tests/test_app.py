@@ -36,8 +36,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 CAT, HUBBLE = REPO / "examples" / "cat.png", REPO / "examples" / "hubble.png"
 # A few guided steps on small images: each call takes about a second on 2 CPU cores.
 SMALL = dict(steps=10, skip=5, divergence_until=2, resample_repeats=2, size=64, max_long_side=96, range_restart=False)
-CAPTION = re.compile(r"^#(\d+) · seed (\d+) · content -?\d+\.\d{3} · target -?\d+\.\d{3}"
-                     r" · tiny model: not meaningful$")
+CAPTION = re.compile(r"^#(\d+) · seed (\d+)\ncontent -?\d+\.\d{3} · target -?\d+\.\d{3}"
+                     r"\ntiny model: not meaningful$")  # rank and seed, scores, notes: a line each
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +155,21 @@ def test_stop_cancels_the_sampler(client):
 
 
 def test_progress_counts_steps(models):
+    """One line per guided evaluation: the user's step count (skipped steps come from the photo, resampling
+    repeats the first guided step), the fraction done, and the time elapsed and left."""
     calls = []
     settings = dict(SMALL, samples=1, seed=0, resample_repeats=3)
     plan = planning.make_plan("text", dict(settings, source=str(CAT), text="Black Leopard", source_text="Cat",
-                                      generator="imagenet"))
-    updates = list(worker.stream(plan, lambda p, **kw: calls.append((p, kw["unit"]))))
-    total = SMALL["steps"] - SMALL["skip"] - 1 + 3
-    assert calls == [((k, total), "steps") for k in range(1, total + 1)]
+                                           generator="imagenet"))
+    updates = list(worker.stream(plan, lambda p, **kw: calls.append((p, kw["desc"]))))
+    total = SMALL["steps"] - SMALL["skip"] - 1 + 3  # 4 steps after the first, which runs 3 times
+    assert [p for p, _ in calls] == pytest.approx([k / total for k in range(1, total + 1)])
+    # steps 1-5 skipped; step 6 runs 3 times (resampling), then 7, 8, 9, 10: the last says 10 of 10
+    steps = [6, 6, 6, 7, 8, 9, 10]
+    for (_, line), step, k in zip(calls, steps, range(1, total + 1)):
+        assert line.startswith(f"Step {step} of 10 · "), line
+        assert ("resampling the first step, " + f"{k} of 3" in line) == (k <= 3), line
+        assert re.search(r" · \d+:\d\d elapsed · about \d+:\d\d left$", line), line
     assert isinstance(updates[-1], worker.Done) and len(updates[-1].results) == 1
 
 
@@ -306,9 +314,31 @@ def test_mcp_schema_lists_the_compact_tool_with_described_parameters(client):
 
     tools = httpx.get(client.src.rstrip("/") + "/gradio_api/mcp/schema", timeout=30).json()
     tool = next(t for t in tools if t["meta"]["endpoint_name"] == "translate")
-    assert tool["name"] == "translate_compact"
+    assert tool["name"] == "translate_photo"  # named for what it does
     assert tool["description"].startswith("Translate a photo toward a target text or the look of a style image")
     props = tool["inputSchema"]["properties"]
     assert list(props) == list(COMPACT_INPUTS)
     assert props["seed"]["description"] == COMPACT_HELP["seed"]
     assert all(props[n].get("description") for n in props)
+
+
+def test_the_api_page_lists_the_compact_endpoint_first_with_typed_parameters_and_a_snippet_that_runs(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert list(api)[0] == "/translate"
+    compact = {p["parameter_name"]: p for p in api["/translate"]["parameters"]}
+    assert list(compact) == list(COMPACT_INPUTS)
+    assert compact["samples"]["python_type"]["type"] == compact["seed"]["python_type"]["type"] == "int"
+    for endpoint in ("/translate_text", "/translate_image"):
+        for p in api[endpoint]["parameters"]:
+            if p["parameter_name"] in ("steps", "skip", "samples", "seed", "n_cuts", "max_restarts", "size"):
+                assert p["python_type"]["type"] == "int", (endpoint, p["parameter_name"])
+            assert "Enter" not in p["python_type"]["description"], (endpoint, p["parameter_name"])  # no UI words
+    for endpoint, info in api.items():
+        for p in info["parameters"]:
+            assert not p["label"].startswith("parameter_"), (endpoint, p)  # every input named
+            assert p["parameter_has_default"] or p["parameter_name"] in ("source", "text", "source_text", "style"), p
+    example = {name: p["example_input"] for name, p in compact.items()}
+    assert (example["text"], example["source_text"], example["style"]) == ("Black Leopard", "Cat", None)
+    # the snippet as shown, its one picture (a URL, unreachable here) replaced by a local file
+    gallery, info = client.predict(**{**example, "source": handle_file(CAT)}, api_name="/translate")
+    assert info["mode"] == "text" and len(gallery) == example["samples"]

@@ -15,7 +15,7 @@ ALLOWED = {
     "results": set(),
     "controls": {"words"},
     "planning": {"words"},
-    "worker": {"planning"},
+    "worker": {"planning", "words"},
     "api": {"planning", "results", "words", "worker"},
 }
 
