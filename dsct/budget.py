@@ -4,6 +4,12 @@ A server that must declare GPU time and memory before it runs (ZeroGPU) plans wi
 Its constants are the benchmark's figures (README "Performance", H100, bf16, 256×256, all five
 CLIP models): a step is bound by per-operator launch overhead, so a batch costs far less than
 its samples run one by one, while memory grows with every sample.
+
+AGG (SPEC-AGG §9) has three kinds of UNet pass: its inversion (no grad, once per source), guided steps
+(one pass with grad and a backward each) and plain DDIM steps (no grad). No AGG step was timed: its
+seconds price every pass as one guided evaluation of the mode, an upper bound (a plain pass has no
+backward and no CLIP/ViT loss), and its memory uses DiffuseIT's figures of the mode (its guided step runs
+fewer feature passes) plus the inversion kept per source.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ import math
 from dataclasses import dataclass
 
 from .config import TranslationConfig
-from .sampler import evaluations_per_attempt
+from .sampler import agg_step_kind, evaluations_per_attempt
 
 __all__ = [
     "REFERENCE_PIXELS", "BATCH_SLOPE", "H100_STEP_SECONDS", "MEMORY_GB", "evaluations", "batch_factor",
-    "pixel_factor", "StepSpeed", "run_seconds", "peak_memory_gb", "max_samples_that_fit",
+    "pixel_factor", "StepSpeed", "run_seconds", "peak_memory_gb", "max_samples_that_fit", "AggWork", "agg_work",
+    "inversion_gb",
 ]
 
 REFERENCE_PIXELS = 256 * 256  # the working size the figures below were measured at
@@ -29,8 +36,35 @@ H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, ba
 MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
 
 
+@dataclass(frozen=True)
+class AggWork:
+    """UNet passes of an AGG request (SPEC-AGG §9): per source and per sample."""
+
+    inversion: int  # per source: no grad, batch 1 (t_start + 1)
+    guided: int  # per sample: one forward with grad + one backward each
+    plain: int  # per sample: one forward without grad each
+
+    @property
+    def per_sample(self) -> int:
+        """UNet forwards of one sample's loop (guided + plain)."""
+        return self.guided + self.plain
+
+    def forwards(self, samples: int, sources: int = 1) -> int:
+        """Every UNet forward of ``sources`` images with ``samples`` each: inversion + loops."""
+        return sources * (self.inversion + samples * self.per_sample)
+
+
+def agg_work(config: TranslationConfig) -> AggWork:
+    """Counts of SPEC-AGG §9 for ``config`` (defaults: 60 inversion, 19 guided, 41 plain)."""
+    guided = sum(agg_step_kind(config, i)[0] for i in range(config.t_start + 1))
+    return AggWork(inversion=config.t_start + 1, guided=guided, plain=config.t_start + 1 - guided)
+
+
 def evaluations(config: TranslationConfig) -> int:
-    """Guided evaluations of one attempt: the steps after skip plus the resampling repeats."""
+    """UNet evaluations of one attempt of one sample. DiffuseIT: the guided steps after skip plus the
+    resampling repeats. AGG: guided + plain steps (``agg_work`` splits them; the inversion is per source)."""
+    if config.method == "agg":
+        return agg_work(config).per_sample
     return evaluations_per_attempt(config.t_start, config.resample_repeats)
 
 
@@ -59,9 +93,23 @@ class StepSpeed:
         return self.seconds * batch_factor(batch) * pixel_factor(pixels)
 
 
-def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed) -> float:
-    """Sampling seconds of one attempt of the whole batch (restarts not included)."""
-    return evaluations(config) * speed.evaluation_seconds(config.samples, pixels)
+def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed, *, sources: int = 1) -> float:
+    """Sampling seconds of one attempt of the whole batch (restarts not included). AGG adds its inversion,
+    batch 1 per source (``sources`` images, ``config.samples`` each, in one batch); every AGG pass is priced
+    as a guided evaluation (an upper bound, module docstring)."""
+    loop = evaluations(config) * speed.evaluation_seconds(config.samples * sources, pixels)
+    if config.method != "agg":
+        return loop
+    return loop + sources * agg_work(config).inversion * speed.evaluation_seconds(1, pixels)
+
+
+def inversion_gb(config: TranslationConfig, pixels: int, sources: int = 1) -> float:
+    """GB an AGG request keeps for its inversion targets: (t_start + 1) fp32 images per source, one copy
+    per sample row when several sources share a batch (``stack_guides``)."""
+    if config.method != "agg":
+        return 0.0
+    rows = sources if sources == 1 else sources * config.samples
+    return rows * (config.t_start + 1) * 3 * pixels * 4 / 1e9
 
 
 def peak_memory_gb(mode: str, samples: int, pixels: int) -> float:

@@ -285,7 +285,7 @@ class ClipEnsemble(nn.Module):
         emb = model.encode_text(tokens).float().reshape(len(texts), len(IMAGENET_TEMPLATES), -1)
         return F.normalize(emb.mean(1), dim=-1)
 
-    def _center_embeddings(self, x01: Tensor) -> list[Tensor]:
+    def center_embeddings(self, x01: Tensor) -> list[Tensor]:
         """Per model (B, D_m): normalised embedding of the resized + center-cropped image."""
         b, _, h, w = x01.shape
         theta = _view_theta(_center_params(b, h, w), h / w).to(x01.device).view(b, 1, 2, 3)
@@ -299,7 +299,7 @@ class ClipEnsemble(nn.Module):
         """
         if src_x01.ndim != 4 or src_x01.shape[0] != 1:
             raise ValueError(f"src_x01 must have shape (1, 3, H, W), got {tuple(src_x01.shape)}")
-        image = self._center_embeddings(src_x01)
+        image = self.center_embeddings(src_x01)
         directions = []
         for i in range(len(self.models)):
             e_t, e_s = self._text_embeddings(i, [target_text, source_text])
@@ -341,7 +341,7 @@ class ClipEnsemble(nn.Module):
 
     def text_similarity(self, x01: Tensor, text: str) -> Tensor:
         """(B,): mean over models of cos(center-crop image embedding, template-averaged text embedding); for ranking."""
-        image = self._center_embeddings(x01)
+        image = self.center_embeddings(x01)
         sims = [image[i] @ self._text_embeddings(i, [text])[0].to(image[i].device) for i in range(len(self.models))]
         return torch.stack(sims).mean(0)
 

@@ -19,9 +19,11 @@ __all__ = [
     "CLIP_CHOICES", "ModelConfig", "TranslationConfig", "PRESETS", "preset", "validate",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
+    "Method", "AGG_TEXT_PRESET", "AGG_IMAGE_PRESET", "AGG_FACES_PRESET", "AGG_PRESETS", "AGG_ONLY", "DIFFUSEIT_ONLY",
 ]
 
 Mode = Literal["text", "image"]
+Method = Literal["diffuseit", "agg"]
 GeneratorName = Literal["imagenet", "ffhq"]
 ResizeMode = Literal["resize", "center_crop"]
 DType = Literal["auto", "fp32", "bf16", "fp16"]
@@ -61,7 +63,13 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TranslationConfig:
-    """Sampler and loss settings (SPEC §3–5). Defaults are the text demo; see ``PRESETS``."""
+    """Sampler and loss settings (SPEC §3–5, SPEC-AGG). Defaults are DiffuseIT's text demo and AGG's common
+    settings; see ``PRESETS``, ``AGG_PRESETS`` and ``preset``.
+
+    A setting only one method reads (``DIFFUSEIT_ONLY``, ``AGG_ONLY``) must keep its field default under the
+    other method, so nothing is silently ignored: the rule compares with the dataclass default, never with a
+    preset, and every preset of each method changes only the settings that method reads.
+    """
 
     mode: Mode = _setting("text", "text: guided by a target text; image: guided by a style image")
     steps: int = _setting(100, "respaced diffusion steps (SPEC §2); sampling starts at steps - skip - 1")
@@ -89,6 +97,19 @@ class TranslationConfig:
     resize_mode: ResizeMode = _setting("resize", "resize: keep the aspect ratio; center_crop: square crop")
     samples: int = _setting(1, "images made in one batch, returned best first")
     seed: int = _setting(0, "seed of the first sample; sample k uses seed + k")
+    # last, so positional construction keeps its meaning
+    method: Method = _setting("diffuseit", "diffuseit: DDPM with ViT structure losses (SPEC); agg: DDIM from an "
+                              "inversion of the source, asymmetric gradient guidance (SPEC-AGG)")
+    # AGG only (SPEC-AGG §5–8)
+    eta_edit: float = _setting(0.7, "agg: DDIM η of the guided steps (0: no noise)")
+    eta: float = _setting(0.7, "agg: DDIM η of the plain steps after the guided ones")
+    eta_boost: float = _setting(1.0, "agg: DDIM η of the last plain steps (index ≤ steps - skip - t_boost)")
+    t_edit: int = _setting(20, "agg: guided steps are those with index > steps - skip - t_edit (t_edit - 1 of them)")
+    t_boost: int = _setting(40, "agg: steps with index ≤ steps - skip - t_boost use eta_boost")
+    lambda_gt: float = _setting(200.0, "agg: L1 pull of x̂0 toward the source's DDIM inversion (content)")
+    inner_iters: int = _setting(1, "agg: inner AdamW passes on x̂0 per guided step (1: no update reaches the image)")
+    inner_lr: float = _setting(0.02, "agg: learning rate of the inner AdamW pass")
+    symmetric: bool = _setting(False, "agg: ordinary DDIM on the guided x̂0 (reference 'both'), not the asymmetric update")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -100,8 +121,10 @@ class TranslationConfig:
 
     @property
     def weights(self) -> dict[str, float]:
-        """Loss name -> weight, the keys that ``losses.weighted_sum`` and the guide use."""
-        return {f.name.removeprefix("lambda_"): getattr(self, f.name) for f in fields(self) if f.name.startswith("lambda_")}
+        """Loss name -> weight of the losses this method reads, the keys ``losses.weighted_sum`` and the guide use."""
+        unread = AGG_ONLY if self.method == "diffuseit" else DIFFUSEIT_ONLY
+        return {f.name.removeprefix("lambda_"): getattr(self, f.name) for f in fields(self)
+                if f.name.startswith("lambda_") and f.name not in unread}
 
 
 # (low, high) inclusive numeric ranges; one table so the CLI, the app sliders and the errors agree.
@@ -114,12 +137,24 @@ RANGES: dict[str, tuple[float, float]] = {
     "max_restarts": (0, 10),
     "restart_threshold": (0.0, MAX_WEIGHT),
     "n_cuts": (1, 64),
-    **{f"lambda_{name}": (0.0, MAX_WEIGHT) for name in ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id")},
+    **{f"lambda_{name}": (0.0, MAX_WEIGHT) for name in ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id", "gt")},
+    "eta_edit": (0.0, 1.0),
+    "eta": (0.0, 1.0),
+    "eta_boost": (0.0, 1.0),
+    "t_edit": (2, 1000),
+    "t_boost": (0, 1000),
+    "inner_iters": (1, 100),
+    "inner_lr": (0.0, 1.0),
     "size": (32, 1024),
     "max_long_side": (32, 2048),
     "samples": (1, MAX_SAMPLES),
     "seed": (0, 2**63 - 1),
 }
+# Settings one method reads and the other does not: under the other method each keeps its field default.
+DIFFUSEIT_ONLY: tuple[str, ...] = ("resample_repeats", "divergence_until", "range_restart", "max_restarts",
+                                   "restart_threshold", "lambda_ssim", "lambda_contra", "lambda_div")
+AGG_ONLY: tuple[str, ...] = ("eta_edit", "eta", "eta_boost", "t_edit", "t_boost", "lambda_gt", "inner_iters",
+                             "inner_lr", "symmetric")
 MAX_GUIDED_EVALUATIONS = 5000  # steps after skip plus repeats: bounds the work one call can ask for
 
 
@@ -148,7 +183,7 @@ def _check_choice(name: str, value: object, kind: object) -> None:
 
 def validate(cfg: ModelConfig | TranslationConfig) -> None:
     """The one place settings are checked; raises ConfigError naming field, value and range."""
-    hints = {"mode": Mode, "generator": GeneratorName, "resize_mode": ResizeMode, "dtype": DType,
+    hints = {"method": Method, "mode": Mode, "generator": GeneratorName, "resize_mode": ResizeMode, "dtype": DType,
              "step_capture": StepCapture}
     for f in fields(cfg):
         value = getattr(cfg, f.name)
@@ -187,10 +222,21 @@ def _validate_models(cfg: ModelConfig) -> None:
         raise ConfigError("clip_models", cfg.clip_models, "each model at most once")
 
 
+def _check_unread(cfg: TranslationConfig) -> None:
+    """Refuse a setting the chosen method does not read when it differs from its field default."""
+    unread, other = (AGG_ONLY, "agg") if cfg.method == "diffuseit" else (DIFFUSEIT_ONLY, "diffuseit")
+    defaults = {f.name: f.default for f in fields(cfg)}
+    for name in unread:
+        if getattr(cfg, name) != defaults[name]:
+            raise ConfigError(name, getattr(cfg, name), f"{defaults[name]!r} (its default) with method={cfg.method!r}: "
+                              f"only method={other!r} reads it")
+
+
 def _validate_translation(cfg: TranslationConfig) -> None:
+    _check_unread(cfg)
     if cfg.skip >= cfg.steps:
         raise ConfigError("skip", cfg.skip, f"fewer than steps ({cfg.steps}); skip {cfg.steps - 1} leaves a single step")
-    work = cfg.t_start + cfg.resample_repeats
+    work = cfg.t_start + (1 if cfg.method == "agg" else cfg.resample_repeats)
     if work > MAX_GUIDED_EVALUATIONS:
         raise ConfigError("steps", cfg.steps, f"at most {MAX_GUIDED_EVALUATIONS} guided evaluations per sample (steps - skip - 1 + resample_repeats); asked for {work}")
     if cfg.size % 32 or cfg.max_long_side % 32:
@@ -202,7 +248,7 @@ def _validate_translation(cfg: TranslationConfig) -> None:
                           f"samples={cfg.samples}: sample k uses seed + k, which must stay in {format_range(seed_low, seed_high)}")
     if cfg.max_long_side < cfg.size:
         raise ConfigError("max_long_side", cfg.max_long_side, f"at least size ({cfg.size})")
-    if cfg.mode == "text" and cfg.lambda_clip == 0 and cfg.lambda_ssim == 0 and cfg.lambda_contra == 0:
+    if cfg.mode == "text" and cfg.lambda_clip == 0 and (cfg.method == "agg" or cfg.lambda_ssim == cfg.lambda_contra == 0):
         raise ConfigError("lambda_clip", 0.0, "a positive weight in text mode (nothing would guide the translation)")
 
 
@@ -224,13 +270,45 @@ PRESETS: dict[str, TranslationConfig] = {
 }
 
 
-def preset(mode: Mode, *, fast: bool = False, generator: GeneratorName = "imagenet", **overrides: object) -> TranslationConfig:
-    """The SPEC §5 preset for a mode, adapted to the generator (FFHQ: identity loss, restart 0.1)."""
+# SPEC-AGG §8: the reference demos (run_demo.sh). Each changes only settings AGG reads (the rest keep their
+# field defaults, which AGG does not read). Every mode: respacing "100", skip 40, t_edit 20, t_boost 40.
+AGG_TEXT_PRESET = TranslationConfig(method="agg", lambda_clip=200.0, prog_contrast=True)
+AGG_IMAGE_PRESET = TranslationConfig(method="agg", mode="image", regularize_content=False, lambda_cls=200.0,
+                                     lambda_l2=200.0, lambda_clip=0.0)
+AGG_FACES_PRESET = dataclasses.replace(AGG_TEXT_PRESET, eta_edit=0.0, eta=0.0)  # FFHQ UNet, λ_id 0
+
+AGG_PRESETS: dict[str, TranslationConfig] = {
+    "text": AGG_TEXT_PRESET,
+    "image": AGG_IMAGE_PRESET,
+    "faces": AGG_FACES_PRESET,
+}
+
+
+def _agg_base(mode: Mode, fast: bool, generator: GeneratorName) -> TranslationConfig:
+    """SPEC-AGG §8: text / image, and the faces demo for the FFHQ generator in text mode."""
+    if fast:
+        raise ConfigError("fast", fast, "False with method='agg' (SPEC-AGG §8 defines no fast preset)")
+    if generator == "ffhq" and mode == "text":
+        return AGG_FACES_PRESET
+    return AGG_PRESETS[mode]
+
+
+def preset(mode: Mode, *, method: Method = "diffuseit", fast: bool = False, generator: GeneratorName = "imagenet",
+           **overrides: object) -> TranslationConfig:
+    """The preset of a method for a mode and generator, with ``overrides`` applied.
+
+    DiffuseIT: SPEC §5, adapted to the generator (FFHQ: identity loss, restart 0.1). AGG: SPEC-AGG §8's
+    text, image, or (FFHQ, text) faces preset; it has no fast variant.
+    """
+    _check_choice("method", method, Method)
     _check_choice("mode", mode, Mode)
     _check_choice("generator", generator, GeneratorName)
-    base = PRESETS[f"{mode}-fast" if fast else mode]
-    if generator == "ffhq":
-        base = dataclasses.replace(base, lambda_id=100.0, restart_threshold=0.1)
+    if method == "agg":
+        base = _agg_base(mode, fast, generator)
+    else:
+        base = PRESETS[f"{mode}-fast" if fast else mode]
+        if generator == "ffhq":
+            base = dataclasses.replace(base, lambda_id=100.0, restart_threshold=0.1)
     unknown = set(overrides) - {f.name for f in fields(TranslationConfig)}
     if unknown:
         name = sorted(unknown)[0]

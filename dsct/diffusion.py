@@ -9,6 +9,11 @@ Equations the numbered comments refer to (ᾱ = alphas_cumprod, all schedules fl
     (5) x̂0 = sqrt(1/ᾱ_t)·x_t − sqrt(1/ᾱ_t − 1)·ε   (no clipping)
     (6) posterior mean: μ = c1·x̂0 + c2·x_t
     (7) forward step:   x_t = sqrt(1 − β_t)·x_{t−1} + sqrt(β_t)·z
+    (8) ε from x̂0:      ε = (sqrt(1/ᾱ_t)·x_t − x̂0) / sqrt(1/ᾱ_t − 1)
+    (9) DDIM:           σ = η·sqrt((1 − ᾱ_prev)/(1 − ᾱ_t))·sqrt(1 − ᾱ_t/ᾱ_prev);
+                        x_{t−1} = sqrt(ᾱ_prev)·x̂0 + sqrt(1 − ᾱ_prev − σ²)·ε + σ·z
+    (10) DDIM inversion (η 0): x_{t+1} = sqrt(ᾱ_{t+1})·x̂0 + sqrt(1 − ᾱ_{t+1})·ε
+    (11) score shift on x̂0 (SPEC-AGG §6.2): x̂0' = x̂0 + ((1 − ᾱ_t)/sqrt(ᾱ_t))·g
 
 Two kinds of timestep, never mixed: ``i`` is the spaced index (0 … num_steps−1, a (B,) long
 tensor, one per sample), ``t_model`` the original index the UNet sees (float).
@@ -27,6 +32,12 @@ from dsct.errors import ConfigError
 __all__ = [
     "MeanVar",
     "Schedule",
+    "ddim_invert_step",
+    "ddim_sigma",
+    "ddim_step",
+    "eps_from_x0",
+    "predict_x0",
+    "shift_x0",
     "extract",
     "make_schedule",
     "model_timesteps",
@@ -187,8 +198,7 @@ def p_mean_variance(sched: Schedule, model_out: Tensor, x_t: Tensor, i: Tensor) 
     # (4) interpolate log variance between log β̃ (min) and log β (max)
     frac = (v + 1) / 2
     log_variance = frac * extract(sched.log_betas, i, x_t) + (1 - frac) * extract(sched.posterior_log_variance_clipped, i, x_t)
-    # (5) x̂0 from ε
-    x0_pred = extract(sched.sqrt_recip_alphas_cumprod, i, x_t) * x_t - extract(sched.sqrt_recipm1_alphas_cumprod, i, x_t) * eps
+    x0_pred = predict_x0(sched, x_t, i, eps)
     # (6) posterior mean
     mean = extract(sched.posterior_mean_coef1, i, x_t) * x0_pred + extract(sched.posterior_mean_coef2, i, x_t) * x_t
     return MeanVar(mean=mean, variance=torch.exp(log_variance), log_variance=log_variance, x0_pred=x0_pred, eps=eps)
@@ -199,3 +209,48 @@ def renoise(sched: Schedule, x_prev: Tensor, i: Tensor, noise: Tensor) -> Tensor
     # (7) SPEC §3 fix: the step from x_{i-1} to x_i uses β_i; the reference re-noises with β_{i-1}.
     beta = extract(sched.betas, i, x_prev)
     return torch.sqrt(1 - beta) * x_prev + torch.sqrt(beta) * noise
+
+
+def predict_x0(sched: Schedule, x_t: Tensor, i: Tensor, eps: Tensor) -> Tensor:
+    """x̂0 from the predicted noise, never clipped (guidance needs it raw)."""
+    # (5)
+    return extract(sched.sqrt_recip_alphas_cumprod, i, x_t) * x_t - extract(sched.sqrt_recipm1_alphas_cumprod, i, x_t) * eps
+
+
+def eps_from_x0(sched: Schedule, x_t: Tensor, i: Tensor, x0: Tensor) -> Tensor:
+    """The noise that (x_t, x̂0) imply: AGG's DDIM re-derives ε from whichever x̂0 it uses (SPEC-AGG §3)."""
+    # (8)
+    return (extract(sched.sqrt_recip_alphas_cumprod, i, x_t) * x_t - x0) / extract(sched.sqrt_recipm1_alphas_cumprod, i, x_t)
+
+
+def ddim_sigma(sched: Schedule, eta: float) -> Tensor:
+    """σ_i of every spaced step for DDIM's η (float64); 0 at i = 0, where ᾱ_prev = 1."""
+    # (9)
+    ac, ac_prev = sched.alphas_cumprod, sched.alphas_cumprod_prev
+    return eta * torch.sqrt((1 - ac_prev) / (1 - ac)) * torch.sqrt(1 - ac / ac_prev)
+
+
+def ddim_step(sched: Schedule, x0: Tensor, eps: Tensor, i: Tensor, eta: float, noise: Tensor | None) -> Tensor:
+    """x_{i−1} from an x̂0 and an ε (not necessarily each other's: AGG's asymmetric update); ``noise``
+    may be None where σ_i = 0 (η 0, or i = 0)."""
+    # (9) in float64, then broadcast; 1 − ᾱ_prev − σ² ≥ 0 for η ≤ 1 (clamped against rounding)
+    sigma = ddim_sigma(sched, eta)
+    ac_prev = sched.alphas_cumprod_prev
+    x_prev = extract(ac_prev.sqrt(), i, x0) * x0 + extract((1 - ac_prev - sigma**2).clamp(min=0).sqrt(), i, x0) * eps
+    if noise is None:
+        return x_prev
+    return x_prev + extract(sigma, i, x0) * noise
+
+
+def ddim_invert_step(sched: Schedule, x0: Tensor, eps: Tensor, i: Tensor) -> Tensor:
+    """x_{i+1} from step i's x̂0 and ε: deterministic DDIM run backwards (SPEC-AGG §4)."""
+    # (10) the next step's ᾱ, so i < num_steps − 1
+    ac_next = sched.alphas_cumprod[1:]
+    return extract(ac_next.sqrt(), i, x0) * x0 + extract((1 - ac_next).sqrt(), i, x0) * eps
+
+
+def shift_x0(sched: Schedule, x0: Tensor, grad: Tensor, i: Tensor) -> Tensor:
+    """x̂0 moved by the guidance gradient g = −∂L/∂x_t: the score shift ε' = ε − sqrt(1 − ᾱ_i)·g seen on x̂0."""
+    # (11)
+    ac = sched.alphas_cumprod
+    return x0 + extract((1 - ac) / ac.sqrt(), i, x0) * grad

@@ -22,6 +22,7 @@ __all__ = [
     "range_loss",
     "clip_direction_loss",
     "identity_loss",
+    "inversion_l1_loss",
     "weighted_sum",
 ]
 
@@ -87,6 +88,11 @@ def clip_direction_loss(image_embeds: Sequence[Tensor], directions: Sequence[Ten
 def identity_loss(emb: Tensor, emb_src: Tensor) -> Tensor:
     """1 − cos(ArcFace(x_in), ArcFace(x_src)), embeddings (B,512) — SPEC §4 "identity"."""
     return 1.0 - F.cosine_similarity(emb, emb_src, dim=-1)
+
+
+def inversion_l1_loss(x0: Tensor, x0_inversion: Tensor) -> Tensor:
+    """mean_chw |x̂0 − G[i]|, images in [-1,1]: AGG's pull toward the source's inversion at the same step — SPEC-AGG §7.1 "L1 to inversion"."""
+    return _mean_per_sample((x0 - x0_inversion).abs())
 
 
 def weighted_sum(terms: Mapping[str, Tensor], weights: Mapping[str, float | Tensor]) -> Tensor:

@@ -1,7 +1,8 @@
 """``translate``: the library's entry point, a numbered list of stages around the sampler.
 
-validate → prepare images → fixed features → timesteps → generators → guided loop →
-colour matching, scoring and ranking. ``translate_many`` runs several images of one working size
+validate → prepare images → fixed features (AGG: with the source's DDIM inversion) → timesteps →
+generators → the method's loop (DiffuseIT ``sample_guided``, AGG ``sample_agg``) → colour matching,
+scoring and ranking. ``translate_many`` runs several images of one working size
 in one batch; ``translate`` is it for one image. Models come in loaded (``hub.load_models``); nothing here
 downloads or reads the environment.
 """
@@ -27,7 +28,7 @@ from .errors import ConfigError, ImageError
 from .capture import step_function
 from .guidance import Guide, build_guide, stack_guides
 from .hub import Models
-from .sampler import SampleOutput, StepEvent, sample_guided
+from .sampler import SampleOutput, StepEvent, ddim_invert, sample_agg, sample_guided
 from .scoring import rank_order, score_samples
 
 __all__ = ["Result", "Request", "Job", "translate", "translate_many", "check_request", "check_text", "prepare_images", "schedule_for"]
@@ -221,24 +222,30 @@ def translate_many(
             raise ImageError(f"images translated in one batch need one working size: image {k + 1} is worked on at "
                              f"{x.shape[3]}×{x.shape[2]}, the first at {prepared[0][0].shape[3]}×{prepared[0][0].shape[2]}")
 
-    # 3. fixed features, once per image; one row per sample when several images share the batch
+    # 3. fixed features, once per image (AGG: its DDIM inversion too, SPEC-AGG §4); one row per sample
+    # when several images share the batch
     schedule = schedule_for(config.steps)
     guides = [
         build_guide(config, schedule, x_src, vit=models.vit, clip=models.clip, arcface=models.arcface,
-                    style=x_style, text=r.text, source_text=r.source_text)
+                    style=x_style, text=r.text, source_text=r.source_text,
+                    inversion=ddim_invert(models.unet, schedule, x_src, config.t_start) if config.method == "agg" else None)
         for (x_src, x_style, _), r in zip(prepared, requests)
     ]
     guide = stack_guides(guides, len(seeds))
 
-    # 4.–6. timesteps, one generator per sample, the guided loop (eager, graphed or compiled step)
+    # 4.–6. timesteps, one generator per sample, the method's loop
     generators = [torch.Generator().manual_seed(s) for _ in jobs for s in seeds]
-    step = step_function(models.config.step_capture, models.unet, guide.schedule, guide, len(generators))
-    out = sample_guided(
-        models.unet, guide.schedule, guide, guide.fixed.src, generators, t_start=config.t_start,
-        repeats=config.resample_repeats,
-        restart_threshold=config.restart_threshold if config.range_restart else None,
-        callback=callback, disable=not progress, deadline=deadline, step=step,
-    )
+    if config.method == "agg":  # eager steps: step_capture applies to DiffuseIT's guided step only
+        out = sample_agg(models.unet, guide.schedule, guide, guide.fixed.inv_start, generators,
+                         callback=callback, disable=not progress, deadline=deadline)
+    else:
+        step = step_function(models.config.step_capture, models.unet, guide.schedule, guide, len(generators))
+        out = sample_guided(
+            models.unet, guide.schedule, guide, guide.fixed.src, generators, t_start=config.t_start,
+            repeats=config.resample_repeats,
+            restart_threshold=config.restart_threshold if config.range_restart else None,
+            callback=callback, disable=not progress, deadline=deadline, step=step,
+        )
 
     # 7. postprocess, score, rank: per image
     return [_results(models, config, out, rows, seeds, guides[j], requests[j].text, prepared[j][1], prepared[j][2])

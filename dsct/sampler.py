@@ -1,4 +1,5 @@
-"""The guided DDPM loop of SPEC §3, with resampling at the first step and capped range restarts.
+"""The guided DDPM loop of SPEC §3, with resampling at the first step and capped range restarts; and
+AGG's DDIM loop of SPEC-AGG §4–6 (``ddim_invert`` once per source, then ``sample_agg``).
 
 One UNet pass with grad per guided evaluation gives both the posterior mean and the guidance
 gradient (SPEC §3 fix: the reference ran the UNet twice). Samples are independent: each draws its
@@ -17,12 +18,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .diffusion import Schedule, model_timesteps, p_mean_variance, q_sample, renoise
+from .config import TranslationConfig
+from .diffusion import (Schedule, ddim_invert_step, ddim_step, eps_from_x0, model_timesteps, p_mean_variance,
+                        predict_x0, q_sample, renoise, shift_x0)
 from .errors import TimeLimitExceeded
 from .guidance import Guide, GuideState, model_dtype
 
 __all__ = ["StepEvent", "StepOutput", "SampleOutput", "StepFn", "randn", "guided_step", "sample_guided",
-           "evaluations_per_attempt"]
+           "evaluations_per_attempt", "Inversion", "unet_eps", "ddim_invert", "agg_step_kind", "agg_guided_step",
+           "plain_ddim_step", "sample_agg"]
 
 
 @dataclass(frozen=True)
@@ -225,3 +229,132 @@ def sample_guided(
     names = results[finished[0]][1].keys()
     terms = {name: torch.stack([results[k][1][name] for k in finished]) for name in names}
     return SampleOutput(x0, terms, tuple(restarts), finished, notes)
+
+
+# ---------------------------------------------------------------- AGG (SPEC-AGG)
+
+
+class Inversion(NamedTuple):
+    """Stage A of one source (SPEC-AGG §4): where its samples start and the inversion's x̂0 per step."""
+
+    x_start: Tensor  # (B,3,H,W) x_{t_start}
+    x0: Tensor  # (B,t_start+1,3,H,W) G[0 … t_start]
+
+
+def unet_eps(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor) -> Tensor:
+    """The ε half of one UNet pass at spaced step i, in fp32 (DDIM ignores the variance channels)."""
+    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i)).float()
+    return out.chunk(2, dim=1)[0]
+
+
+@torch.no_grad()
+def ddim_invert(unet: torch.nn.Module, schedule: Schedule, x0: Tensor, t_start: int) -> Inversion:
+    """Deterministic DDIM inversion of x0 up to x_{t_start}: t_start + 1 UNet passes, no randomness.
+
+    G[i] = x̂0(x_i, i) for i = 0 … t_start; x_{i+1} from (G[i], ε(x_i, G[i])). SPEC-AGG §4 fix: run once per
+    source and shared by its samples (the reference reran it for every sample).
+    """
+    schedule = schedule.to(x0.device)
+    x, targets = x0, []
+    for k in range(t_start + 1):
+        i = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
+        g = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+        targets.append(g)
+        if k < t_start:
+            x = ddim_invert_step(schedule, g, eps_from_x0(schedule, x, i, g), i)
+    return Inversion(x, torch.stack(targets, dim=1))
+
+
+def agg_step_kind(config: TranslationConfig, i: int) -> tuple[bool, float]:
+    """(guided?, η) of spaced step i (SPEC-AGG §5): guided while i > steps − skip − t_edit, then η until
+    steps − skip − t_boost, then η_boost."""
+    base = config.steps - config.skip
+    if i > base - config.t_edit:
+        return True, config.eta_edit
+    return False, config.eta if i > base - config.t_boost else config.eta_boost
+
+
+@torch.no_grad()
+def plain_ddim_step(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor, eta: float,
+                    noise: Tensor | None) -> tuple[Tensor, Tensor]:
+    """One unguided DDIM step, no grad: (x_{i−1}, x̂0)."""
+    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+    return ddim_step(schedule, x0, eps_from_x0(schedule, x, i, x0), i, eta, noise), x0
+
+
+def agg_guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor,
+                    noise: Tensor | None, views: Tensor | None, inner_views: Sequence[Tensor | None],
+                    state: GuideState) -> StepOutput:
+    """One guided AGG step (SPEC-AGG §6): a single UNet pass with grad gives x̂0 and g = −∂L_a/∂x_t.
+
+    SPEC-AGG §6 fix: the reference ran a second, no-grad UNet pass for the same x̂0.
+    """
+    cfg = guide.config
+    x = x.detach().requires_grad_(True)
+    # 1. one UNet pass with grad; L_a on x̂0; g = −∂L_a/∂x_t
+    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+    loss, terms, state = guide.agg_loss(x, x0, i, state, views)
+    grad = -torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
+    x, x0_u = x.detach(), x0.detach()
+    eps_u = eps_from_x0(schedule, x, i, x0_u)
+    # 2. score shift on x̂0
+    x0_shifted = shift_x0(schedule, x0_u, grad, i)
+    # 3. inner pass: x̂0'' and its CLIP loss, which becomes ℓ (SPEC-AGG §7.4 quirk (a), kept)
+    x0_final, inner_clip = guide.inner_pass(x, x0_shifted, i, inner_views)
+    if inner_clip is not None:
+        state = state._replace(prev_clip=inner_clip)
+    # 4. DDIM with the guided x̂0 and the unguided ε (asymmetric), or ε of the guided x̂0 (symmetric)
+    eps = eps_from_x0(schedule, x, i, x0_final) if cfg.symmetric else eps_u
+    x_prev = ddim_step(schedule, x0_final, eps, i, cfg.eta_edit, noise)
+    return StepOutput(x_prev, x0_final, {k: v.detach() for k, v in terms.items()}, state)
+
+
+def sample_agg(
+    unet: torch.nn.Module,
+    schedule: Schedule,
+    guide: Guide,
+    x_start: Tensor,
+    generators: Sequence[torch.Generator],
+    *,
+    callback: Callable[[StepEvent], None] | None = None,
+    disable: bool = True,
+    deadline: float | None = None,
+) -> SampleOutput:
+    """AGG's loop (SPEC-AGG §5): from ``x_start`` (the inversion's x_{t_start}, 1 row or one per sample)
+    down to 0, guided at the first steps, then plain DDIM; returns the x̂0 of the step at i = 0.
+
+    Settings come from ``guide.config`` (t_start, t_edit, t_boost, the three η, symmetric, inner_iters).
+    No resampling, no restarts. Each sample draws, per guided step, its L_a views, one set of inner views per
+    inner iteration, then its noise; per plain step its noise; nothing where σ_i = 0 (η 0 or i = 0). The
+    callback gets a ``StepEvent`` after every step (``terms`` empty on plain steps) and may raise ``Cancelled``.
+    A step that would end past ``deadline`` is not begun and ``TimeLimitExceeded`` is raised (no sample has
+    finished before the last step).
+    """
+    cfg, b = guide.config, len(generators)
+    if x_start.shape[0] not in (1, b):
+        raise ValueError(f"x_start must have 1 row or one per sample ({b}), got {x_start.shape[0]}")
+    schedule = schedule.to(x_start.device)
+    x = x_start.expand(b, -1, -1, -1) if x_start.shape[0] == 1 else x_start
+    device, shape = x.device, x.shape[1:]
+    state, clock, total = guide.initial_state(b), _Clock(deadline), cfg.t_start + 1
+    ids, no_restarts, terms = tuple(range(b)), (0,) * b, {}
+    with tqdm(total=total, disable=disable, desc="AGG steps") as bar:
+        for step, t in enumerate(range(cfg.t_start, -1, -1), 1):
+            if not clock.fits(1):
+                raise TimeLimitExceeded(f"the GPU time ran out after {clock.count} of {total} AGG steps, before the "
+                                        "samples finished: lower steps or samples, or raise skip")
+            i = torch.full((b,), t, device=device, dtype=torch.long)
+            guided, eta = agg_step_kind(cfg, t)
+            if guided:
+                views = guide.draw_views(generators, *shape[1:])
+                inner = [guide.draw_views(generators, *shape[1:]) for _ in range(cfg.inner_iters)]
+            noise = randn(generators, shape, device) if eta > 0 and t > 0 else None
+            if guided:
+                x, x0, terms, state = agg_guided_step(unet, schedule, guide, x, i, noise, views, inner, state)
+            else:
+                x, x0 = plain_ddim_step(unet, schedule, x, i, eta, noise)
+            clock.tick()
+            bar.update(1)
+            if callback is not None:
+                callback(StepEvent(step, total, t, x0, terms if guided else {}, ids, no_restarts))
+    return SampleOutput(x0, terms, no_restarts, ids, {})

@@ -70,6 +70,10 @@ class SpyClip(nn.Module):
         self.seen.append(x01.detach().clone())
         return [x01.mean((2, 3))]
 
+    def center_embeddings(self, x01):
+        """The source's own embedding (AGG's ℓ_0): the same per-channel mean, no views."""
+        return [x01.mean((2, 3))]
+
 
 class SpyArcFace(nn.Module):
     def __init__(self):

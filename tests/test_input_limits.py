@@ -21,7 +21,8 @@ FLOAT_FIELDS = [f.name for f in dataclasses.fields(config_module.TranslationConf
 
 
 def test_float_fields_are_the_weights_and_the_threshold():
-    assert sorted(FLOAT_FIELDS) == sorted([f"lambda_{k}" for k in ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id")] + ["restart_threshold"])
+    assert sorted(FLOAT_FIELDS) == sorted([f"lambda_{k}" for k in ("ssim", "contra", "div", "cls", "l2", "clip", "range", "id", "gt")]
+                                          + ["restart_threshold", "eta_edit", "eta", "eta_boost", "inner_lr"])  # + AGG's
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
