@@ -72,44 +72,81 @@ class TranslationConfig:
     """
 
     mode: Mode = _setting("text", "text: guided by a target text; image: guided by a style image")
-    steps: int = _setting(100, "respaced diffusion steps (SPEC §2); sampling starts at steps - skip - 1")
-    skip: int = _setting(40, "steps skipped at the start: higher keeps more of the source, changes less")
-    resample_repeats: int = _setting(10, "guided evaluations at the first step (resampling); 1 turns it off")
-    divergence_until: int = _setting(50, "the semantic divergence loss acts while the step index is above this")
-    range_restart: bool = _setting(True, "start a sample over when its x̂0 leaves [-1, 1] too far")
-    max_restarts: int = _setting(3, "cap on range restarts per sample")
-    restart_threshold: float = _setting(0.01, "weighted range loss that triggers a restart (faces: 0.1)")
-    noise_aug: bool = _setting(True, "ViT losses see x̂0 mixed with x_t (reference use_noise_aug_all)")
-    regularize_content: bool = _setting(True, "double the contrastive weight while the CLIP loss is below -0.5 (text)")
-    prog_contrast: bool = _setting(False, "halve the contrastive weight while the CLIP loss is above -0.5 (text)")
-    colour_match: bool = _setting(False, "match the output's colours to the style image (MKL; image mode)")
-    n_cuts: int = _setting(8, "random views per CLIP model and step (text)")
-    lambda_ssim: float = _setting(1000.0, "structure: DINO key self-similarity to the source")
-    lambda_contra: float = _setting(200.0, "structure: contrastive (patch NCE) DINO keys")
-    lambda_div: float = _setting(100.0, "semantic divergence from the previous step's [CLS]")
-    lambda_cls: float = _setting(0.0, "style: DINO [CLS] distance to the style image (image)")
-    lambda_l2: float = _setting(0.0, "style: pixel L2 to the style image (image)")
-    lambda_clip: float = _setting(2000.0, "text: CLIP directional loss (text)")
-    lambda_range: float = _setting(200.0, "keeps x̂0 inside [-1, 1]")
-    lambda_id: float = _setting(0.0, "face identity (ArcFace), faces generator only")
-    size: int = _setting(256, "short side the generator runs at (multiple of 32)")
-    max_long_side: int = _setting(448, "cap on the long side in resize mode (multiple of 32)")
-    resize_mode: ResizeMode = _setting("resize", "resize: keep the aspect ratio; center_crop: square crop")
-    samples: int = _setting(1, "images made in one batch, returned best first")
-    seed: int = _setting(0, "seed of the first sample; sample k uses seed + k")
+    steps: int = _setting(100, "diffusion steps: more steps give finer detail and take longer [SPEC §2: respaced "
+                               "timesteps; sampling starts at index steps - skip - 1]")
+    skip: int = _setting(40, "keep more of the source: higher keeps more of the photo and changes less [SPEC §3: "
+                             "leading steps skipped, the source noised to index steps - skip - 1]")
+    resample_repeats: int = _setting(10, "how often the first step is repeated for a stronger change; 1 is none [SPEC "
+                                         "§3: resampling repeats at the first guided step]")
+    divergence_until: int = _setting(50, "push away from the photo until: the early push stops once fewer steps than "
+                                         "this remain [SPEC §4: semantic divergence loss while the step index is above "
+                                         "this]")
+    range_restart: bool = _setting(True, "restart broken samples: start a sample over when its colours run far out of "
+                                         "range [SPEC §3: range restart when the denoised x̂0 leaves [-1, 1] too far]")
+    max_restarts: int = _setting(3, "restarts per sample at most: bounds the extra time broken samples may take [SPEC "
+                                    "§3: cap on range restarts]")
+    restart_threshold: float = _setting(0.01, "restart threshold: lower restarts more readily (faces: 0.1) [SPEC §3: "
+                                              "weighted range loss that triggers a restart]")
+    noise_aug: bool = _setting(True, "structure check on noisy previews: steadier structure guidance [the reference's "
+                                     "use_noise_aug_all: ViT losses see x̂0 mixed with x_t]")
+    regularize_content: bool = _setting(True, "guard the layout once the text fits: keeps the change from overshooting "
+                                              "(text mode) [SPEC §4: contrastive weight doubled while the CLIP loss is "
+                                              "below -0.5]")
+    prog_contrast: bool = _setting(False, "relax the layout until the text fits: lets a hard change happen sooner "
+                                          "(text mode) [SPEC §4: contrastive weight halved while the CLIP loss is "
+                                          "above -0.5]")
+    colour_match: bool = _setting(False, "match the style's colours: give the result the style image's colour palette "
+                                         "(image mode) [the reference's use_colormatch: MKL colour transfer]")
+    n_cuts: int = _setting(8, "views of the text check: more random crops give steadier guidance, slower (text mode) "
+                              "[SPEC §4: random views per CLIP model and step]")
+    lambda_ssim: float = _setting(1000.0, "keep the layout: how strictly the shapes and their arrangement follow the "
+                                          "photo [SPEC §4: DINO key self-similarity loss]")
+    lambda_contra: float = _setting(200.0, "keep local structure: how closely each patch keeps its own content [SPEC "
+                                           "§4: contrastive patch NCE loss on DINO keys]")
+    lambda_div: float = _setting(100.0, "push away from the photo early: speeds up the change in the first steps [SPEC "
+                                        "§4: semantic divergence from the previous step's DINO [CLS]]")
+    lambda_cls: float = _setting(0.0, "take the style's look: how strongly the overall appearance follows the style "
+                                      "image (image mode) [SPEC §4: DINO [CLS] distance to the style image]")
+    lambda_l2: float = _setting(0.0, "take the style's colours and tones: pulls the pixels toward the style image "
+                                     "(image mode) [SPEC §4: pixel L2 to the style image]")
+    lambda_clip: float = _setting(2000.0, "follow the text: how strongly the picture is pulled toward the target words "
+                                          "(text mode) [SPEC §4: CLIP directional loss]")
+    lambda_range: float = _setting(200.0, "keep colours in range: avoids washed-out or saturated blotches [SPEC §4: "
+                                          "range loss keeping x̂0 inside [-1, 1]]")
+    lambda_id: float = _setting(0.0, "keep the person's identity: the face stays recognisable; Faces model only "
+                                     "(with DiffuseIT there: 100) [SPEC §4: ArcFace identity loss]")
+    size: int = _setting(256, "working size: short side in pixels the model works at; larger is slower and needs more "
+                              "memory [SPEC §3: generator input size, a multiple of 32]")
+    max_long_side: int = _setting(448, "longest side at most: pixels, in resize mode; a wider photo is cropped to this "
+                                       "[SPEC §3: long-side cap, a multiple of 32]")
+    resize_mode: ResizeMode = _setting("resize", "fit: resize keeps the aspect ratio, center_crop crops a square from "
+                                                 "the centre [SPEC §3: input resizing]")
+    samples: int = _setting(1, "samples: pictures made at once (cheaper than separate runs), returned best first "
+                               "[library: one batch, ranked by content and target scores]")
+    seed: int = _setting(0, "seed: the same seed and settings give the same pictures; sample k uses seed + k [library: "
+                            "per-sample generator seed]")
     # last, so positional construction keeps its meaning
-    method: Method = _setting("diffuseit", "diffuseit: DDPM with ViT structure losses (SPEC); agg: DDIM from an "
-                              "inversion of the source, asymmetric gradient guidance (SPEC-AGG)")
+    method: Method = _setting("diffuseit", "diffuseit redraws the photo step by step, guarded by structure checks; agg "
+                              "retraces the photo's own noise path and edits along it [SPEC: DDPM with DINO ViT "
+                              "losses; SPEC-AGG: DDIM from the source's inversion, asymmetric gradient guidance]")
     # AGG only (SPEC-AGG §5–8)
-    eta_edit: float = _setting(0.7, "agg: DDIM η of the guided steps (0: no noise)")
-    eta: float = _setting(0.7, "agg: DDIM η of the plain steps after the guided ones")
-    eta_boost: float = _setting(1.0, "agg: DDIM η of the last plain steps (index ≤ steps - skip - t_boost)")
-    t_edit: int = _setting(20, "agg: guided steps are those with index > steps - skip - t_edit (t_edit - 1 of them)")
-    t_boost: int = _setting(40, "agg: steps with index ≤ steps - skip - t_boost use eta_boost")
-    lambda_gt: float = _setting(200.0, "agg: L1 pull of x̂0 toward the source's DDIM inversion (content)")
-    inner_iters: int = _setting(1, "agg: inner AdamW passes on x̂0 per guided step (1: no update reaches the image)")
-    inner_lr: float = _setting(0.02, "agg: learning rate of the inner AdamW pass")
-    symmetric: bool = _setting(False, "agg: ordinary DDIM on the guided x̂0 (reference 'both'), not the asymmetric update")
+    eta_edit: float = _setting(0.7, "randomness of the guided steps; 0 adds no noise [SPEC-AGG §5: DDIM η of the "
+                                    "guided steps]")
+    eta: float = _setting(0.7, "randomness of the plain steps after the guided ones [SPEC-AGG §5: DDIM η of the "
+                               "unguided steps]")
+    eta_boost: float = _setting(1.0, "randomness of the last plain steps [SPEC-AGG §5: DDIM η where index ≤ steps - "
+                                     "skip - t_boost]")
+    t_edit: int = _setting(20, "how many steps are guided: t_edit - 1 of them, right after the skipped ones [SPEC-AGG "
+                               "§5: guided while index > steps - skip - t_edit]")
+    t_boost: int = _setting(40, "where the last plain steps begin: from there on they use eta_boost [SPEC-AGG §5: "
+                                "index ≤ steps - skip - t_boost]")
+    lambda_gt: float = _setting(200.0, "keep the photo's content: pulls each guided preview toward the photo's own "
+                                       "path [SPEC-AGG §7: L1 of x̂0 to the source's DDIM inversion]")
+    inner_iters: int = _setting(1, "refinement passes on the preview per guided step; 1 leaves the picture as it is "
+                                   "[SPEC-AGG §6.3: inner AdamW passes on x̂0]")
+    inner_lr: float = _setting(0.02, "step size of those refinement passes [SPEC-AGG §6.3: inner AdamW learning rate]")
+    symmetric: bool = _setting(False, "apply the guidance the ordinary way instead of AGG's one-sided update [SPEC-AGG "
+                                      "§6: plain DDIM on the guided x̂0, the reference's 'both']")
 
     def __post_init__(self) -> None:
         validate(self)
