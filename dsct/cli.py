@@ -27,7 +27,10 @@ from .batch import (
     CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_beat,
     rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, size_groups, write_csv, write_log,
 )
-from .config import PRESETS, DType, GeneratorName, Mode, ModelConfig, StepCapture, TranslationConfig, preset
+from .config import (
+    AGG_ONLY, AGG_PRESETS, DIFFUSEIT_ONLY, PRESETS, DType, GeneratorName, Mode, ModelConfig, StepCapture,
+    TranslationConfig, preset,
+)
 from .errors import DSCTError, ImageError
 from .images import MIN_SIDE, load_image, working_size
 from .pipeline import Job, Request, Result, check_request, translate, translate_many
@@ -44,13 +47,55 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's example lines as written, and says "(default: X)" only where X tells the reader
+    something: never on a required flag, nor for None, a suppressed default or a switch that is off, nor
+    where the help already says its default in words."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_ = action.help or ""
+        default = action.default
+        silent = default is None or default is False or default == argparse.SUPPRESS
+        if not action.option_strings or action.required or silent or "(default" in help_:
+            return help_
+        return f"{help_} (default: %(default)s)"
+
+
+VALUES_NOTE = ("A flag left out keeps the preset's value. Each setting shows its preset values as\n"
+               "[text / image; fast text / image; agg text / image / faces], the parts that apply:\n"
+               "the fast pair where it differs, AGG's three where AGG reads the setting and they differ.")
+
+
+def _preset_values(name: str) -> str:
+    """A setting's values in every preset, compact: DiffuseIT's text / image, the fast pair where it differs,
+    and AGG's three where AGG reads the setting and they differ (a setting one method alone reads shows that
+    method's values only)."""
+    full = [getattr(PRESETS[p], name) for p in ("text", "image")]
+    fast = [getattr(PRESETS[p], name) for p in ("text-fast", "image-fast")]
+    agg = [getattr(AGG_PRESETS[p], name) for p in ("text", "image", "faces")]
+    parts = []
+    if name not in AGG_ONLY:
+        parts.append(" / ".join(map(str, full)))
+        if fast != full:
+            parts.append("fast " + " / ".join(map(str, fast)))
+    if name not in DIFFUSEIT_ONLY and name != "method" and (name in AGG_ONLY or agg != [*full, full[0]]):
+        parts.append("agg " + " / ".join(map(str, agg)))
+    return "[" + "; ".join(parts) + "]"
+
+
+def _only(name: str) -> str:
+    """The words that say which method alone reads a setting (the other refuses it when changed)."""
+    if name in DIFFUSEIT_ONLY:
+        return " (DiffuseIT only)"
+    return " (AGG only)" if name in AGG_ONLY else ""
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("settings (default: the preset's value, shown as text / image)")
+    group = parser.add_argument_group("settings", VALUES_NOTE)
     for f in dataclasses.fields(TranslationConfig):
         if f.name in SKIP_FLAGS:
             continue
-        text_v, image_v = getattr(PRESETS["text"], f.name), getattr(PRESETS["image"], f.name)
-        help_ = f"{f.metadata['help']} [{text_v} / {image_v}]"
+        help_ = f"{f.metadata['help']}{_only(f.name)} {_preset_values(f.name)}"
         if f.type == "bool":
             group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_)
         else:
@@ -64,7 +109,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tiny", action="store_true", help="tiny random models: tries the pipeline without weights; the output is NOT a meaningful picture")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="auto", choices=get_args(DType), help="compute dtype; auto = bf16/fp16 on CUDA, fp32 on CPU")
-    group.add_argument("--generator", default="imagenet", choices=get_args(GeneratorName), help="diffusion model: ImageNet 256 or FFHQ faces (adds the identity loss)")
+    group.add_argument("--generator", default="imagenet", choices=get_args(GeneratorName), help="diffusion model: imagenet for any photo, ffhq for aligned face portraits (keeps the identity)")
     group.add_argument("--clip-models", nargs="+", default=None, metavar="NAME", help="CLIP ensemble for text mode (default: the five OpenAI models)")
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less GPU memory, slower")
     group.add_argument("--step-capture", default="eager", choices=get_args(StepCapture),
@@ -75,23 +120,48 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_guidance_flags(parser: argparse.ArgumentParser, *, required: bool) -> None:
     target = parser.add_mutually_exclusive_group(required=required)
-    target.add_argument("--text", help="target text, e.g. 'Black Leopard' (text mode)")
-    target.add_argument("--style", type=Path, help="style image (image mode)")
-    parser.add_argument("--source-text", help="what the source shows, e.g. 'Lion' (text mode)")
-    parser.add_argument("--fast", action="store_true", help="the fast preset: fewer steps and repeats, a weaker change")
+    target.add_argument("--text", help="what the photo should become, e.g. 'Black Leopard' (text mode)")
+    target.add_argument("--style", type=Path, help="style image whose look to take on (image mode)")
+    parser.add_argument("--source-text", help="what the photo shows, e.g. 'Lion' (text mode; needed with --text)")
+    parser.add_argument("--fast", action="store_true", help="the fast preset: about half the steps and fewer repeats, a weaker change (DiffuseIT only)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="explicit seeds, one per sample (overrides --seed/--samples)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+# Shown under --help as written (RawDescription); run from the repository root, where examples/ is.
+TRANSLATE_EXAMPLES = """examples:
+  # text mode: the cat becomes a black leopard
+  python -m dsct translate examples/cat.png --text 'Black Leopard' --source-text 'Cat' -o leopard.png
+  # image mode: the cat in the look of the Hubble picture, the fast preset
+  python -m dsct translate examples/cat.png --style examples/hubble.png -o cat-hubble.png --fast
+  # AGG instead of DiffuseIT, two samples
+  python -m dsct translate examples/cat.png --method agg --text 'Black Leopard' --source-text 'Cat' -o leopard-agg.png --samples 2
+  # tiny random models: checks the setup in seconds, the picture is not meaningful
+  python -m dsct translate examples/cat.png --text 'Tiger' --source-text 'Cat' -o tiger.png --tiny --fast --size 64
+"""
+BATCH_EXAMPLES = """examples:
+  # text mode: every photo of photos/, two samples each
+  python -m dsct batch photos/ --text 'Black Leopard' --source-text 'Lion' -o out/ --samples 2
+  # image mode: one style image for every photo, four photos per GPU batch
+  python -m dsct batch photos/ --style examples/hubble.png -o out-hubble/ --images-per-batch 4
+  # AGG instead of DiffuseIT
+  python -m dsct batch photos/ --method agg --style examples/hubble.png -o out-agg/
+  # each photo its own prompts (prompts.csv: source,source_text,text), tiny models to check the setup
+  python -m dsct batch photos/ --prompts prompts.csv -o out-tiny/ --tiny --fast --size 64
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dsct", description="DiffuseIT image translation (text- or style-guided).",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m dsct", formatter_class=_HelpFormatter,
+                                     description="Translate a photo, keeping its layout: guided by a text or a style image,\n"
+                                                 "with DiffuseIT (default) or AGG (--method agg).")
     sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    one = sub.add_parser("translate", help="translate one image", formatter_class=fmt)
+    fmt = _HelpFormatter
+    one = sub.add_parser("translate", help="translate one image", formatter_class=fmt, epilog=TRANSLATE_EXAMPLES)
     one.add_argument("source", type=Path, help="source image")
     one.add_argument("-o", "--output", type=Path, required=True, help="output PNG; further samples get -2, -3 … suffixes")
-    many = sub.add_parser("batch", help="translate every image of a folder (resumes where it stopped)", formatter_class=fmt)
+    many = sub.add_parser("batch", help="translate every image of a folder (resumes where it stopped)", formatter_class=fmt,
+                          epilog=BATCH_EXAMPLES)
     many.add_argument("input_dir", type=Path, help="folder of source images")
     many.add_argument("-o", "--output-dir", type=Path, required=True, help="folder for outputs and results.jsonl / results.csv")
     many.add_argument("--retry-errors", action="store_true",
