@@ -27,14 +27,16 @@ from dsct import DSCTError, ModelConfig, Models, TranslationConfig, load_models,
 from dsct.config import GeneratorName, Mode, StepCapture
 from space import planning
 from space.api import (
-    COMPACT_INPUTS, HANDLERS, estimate, handler_inputs, make_validator, prepare_run, run_example, set_compact_defaults,
-    stopped_note, translate_photo, validate_compact,
+    COMPACT_INPUTS, COMPACT_PRESETS, HANDLERS, estimate, handler_inputs, make_validator, prepare_run, run_example,
+    set_compact_defaults, stopped_note, translate_photo, validate_compact,
 )
-from space.controls import ConfigNumber, ConfigRadio, ImageInput, config_values, control, preset_updates, with_example
+from space.controls import (
+    ConfigDropdown, ConfigNumber, ConfigRadio, ImageInput, config_values, control, preset_updates, shown, with_example,
+)
 from space.results import before_after, mirror_photo, result_path, show_selected
 from space.words import (
-    ADVANCED, COMPACT_HELP, GENERATOR_LABELS, HEADER, HOW_IT_WORKS, SETTINGS, SETTINGS_LABEL, TAB_LABELS, WORDS, api_help, banner,
-    described,
+    ADVANCED, COMPACT_HELP, GENERATOR_LABELS, HEADER, HOW_IT_WORKS, METHOD_LABELS, SETTINGS, SETTINGS_LABEL, TAB_LABELS,
+    WORDS, api_help, banner, described,
 )
 
 EXAMPLES = Path(__file__).resolve().parent / "examples"
@@ -86,20 +88,22 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             with gr.Row():
-                controls["source"] = ImageInput(label=WORDS["source"][0], type="filepath", height=220)
+                controls["source"] = ImageInput(label=WORDS["source"][0], type="filepath", height=200)
                 if mode == "image":
-                    controls["style"] = ImageInput(label=WORDS["style"][0], type="filepath", height=220)
+                    controls["style"] = ImageInput(label=WORDS["style"][0], type="filepath", height=200)
             if mode == "text":
                 with gr.Row():
                     for name, example in (("source_text", "Cat"), ("text", "Black Leopard")):
                         controls[name] = with_example(gr.Textbox(label=WORDS[name][0], max_lines=1,
                                                                  placeholder=f"{example}  (Enter runs it)"), example)
             with gr.Row():
-                speed = gr.Radio([("Full", "full"), ("Fast", "fast")], value="fast" if fast else "full", label="Preset",
-                                 info="Full: the paper's settings. Fast: about half the time, a weaker change")
-                controls["generator"] = ConfigRadio(
+                controls["method"] = control("method", value["method"], info=None, scale=2, min_width=200)
+                agg = initial.method == "agg"
+                speed = gr.Dropdown([("Full", "full"), ("Fast", "fast")], value="fast" if fast and not agg else "full",
+                                    label="Preset", interactive=not agg, scale=1, min_width=90)
+                controls["generator"] = ConfigDropdown(
                     [(GENERATOR_LABELS[g], g) for g in generators], value=generators[0], label=WORDS["generator"][0],
-                    info=WORDS["generator"][1], interactive=len(generators) > 1)
+                    interactive=len(generators) > 1, scale=1, min_width=110)
             note = gr.Markdown(elem_classes="dsct-note")
             with gr.Row(equal_height=True):
                 run = gr.Button("Translate", variant="primary", scale=2)
@@ -122,8 +126,9 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
         with gr.Row():
             controls["resampling"] = gr.Checkbox(value=value["resampling"], label=WORDS["resampling"][0],
                                                  info=WORDS["resampling"][1])
-            controls["resample_repeats"] = control("resample_repeats", value["resample_repeats"],
-                                                   visible=value["resampling"])
+            controls["resampling"].visible = shown("resampling", initial.method, generators[0])
+            controls["resample_repeats"] = control("resample_repeats", value["resample_repeats"], visible=value[
+                "resampling"] and shown("resample_repeats", initial.method, generators[0]))
         with gr.Row(equal_height=True):
             controls["samples"] = control("samples", value["samples"])
             controls["seed"] = control("seed", value["seed"])
@@ -131,17 +136,19 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
                                     scale=0, min_width=160)
         if mode == "image":
             controls["colour_match"] = control("colour_match", value["colour_match"])
+        headings: dict[str, gr.Markdown] = {}  # a group's heading shows while one of its settings does
         with gr.Accordion("Advanced", open=False):
             for group, fields in ADVANCED.items():
-                shown = [n for n in fields if n in names]
-                if shown:
-                    gr.Markdown(f"**{group}**")
-                    for n in shown:
-                        visible = n != "lambda_id" or generators[0] == "ffhq"  # the identity weight: Faces only
-                        controls[n] = control(n, value[n], visible=visible)
+                here = [n for n in fields if n in names]
+                if here:
+                    headings[group] = gr.Markdown(f"**{group}**", visible=any(
+                        shown(n, initial.method, generators[0]) for n in here))
+                    for n in here:
+                        controls[n] = control(n, value[n], visible=shown(n, initial.method, generators[0]))
 
     missing = set(names) - set(controls)
     assert not missing, f"handler parameters without a control: {missing}"
+    planning.serve_endpoint_defaults(mode, {n: controls[n].value for n in names})
     inputs = [described(controls[n], api_help(n)) for n in names]
     triggers = [run.click] + ([controls["text"].submit, controls["source_text"].submit] if mode == "text" else [])
     prepared = gr.on(triggers, functools.partial(prepare_run, mode), [randomize, controls["seed"], *inputs],
@@ -165,18 +172,23 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
     results.select(show_selected, [controls["source"], results], [selected, slider], queue=False,
                    api_visibility="private")
     reuse.click(result_path, [results, selected], controls["source"], queue=False, api_visibility="private")
-    controls["resampling"].change(lambda on: gr.update(visible=on), controls["resampling"],
-                                  controls["resample_repeats"], queue=False, api_visibility="private")
+    controls["resampling"].change(lambda on, method: gr.update(visible=on and method == "diffuseit"),
+                                  [controls["resampling"], controls["method"]], controls["resample_repeats"],
+                                  queue=False, api_visibility="private")
 
     preset_controls = [controls[n] for n in preset_names]
 
-    def apply_preset(choice: str, generator: str, *current: Any) -> list[Any]:
-        updates, said = preset_updates(mode, choice == "fast", generator, preset_names, current)
-        return [*updates, said]
+    groups = {group: [n for n in ADVANCED[group] if n in names] for group in headings}
 
-    for trigger in (speed, controls["generator"]):
-        trigger.input(apply_preset, [speed, controls["generator"], *preset_controls], [*preset_controls, note],
-                      queue=False, api_visibility="private")
+    def apply_preset(choice: str, generator: str, method: str, *current: Any) -> list[Any]:
+        updates, said = preset_updates(mode, choice == "fast", generator, method, preset_names, current)
+        agg = method == "agg"
+        heading_updates = [gr.update(visible=any(shown(n, method, generator) for n in here)) for here in groups.values()]
+        return [*updates, said, gr.update(value="full" if agg else choice, interactive=not agg), *heading_updates]
+
+    for trigger in (speed, controls["generator"], controls["method"]):
+        trigger.input(apply_preset, [speed, controls["generator"], controls["method"], *preset_controls],
+                      [*preset_controls, note, speed, *headings.values()], queue=False, api_visibility="private")
 
     rows = TEXT_EXAMPLES if mode == "text" else STYLE_EXAMPLES
     example_inputs = ["source", "source_text", "text"] if mode == "text" else ["source", "style"]
@@ -199,8 +211,9 @@ def build_compact_api(defaults: Mapping[str, Any] | None, generators: Sequence[s
     with gr.Column(visible=False):
         inputs = [ImageInput(type="filepath"), with_example(gr.Textbox(value=""), "Black Leopard"),
                   with_example(gr.Textbox(value=""), "Cat"), with_example(ImageInput(type="filepath"), None),
-                  ConfigRadio(["full", "fast"], value="fast"), ConfigNumber(value=1, precision=0),
-                  ConfigNumber(value=-1, precision=0), ConfigRadio(list(GENERATOR_LABELS), value=generators[0])]
+                  ConfigRadio(list(COMPACT_PRESETS), value="default"), ConfigNumber(value=1, precision=0),
+                  ConfigNumber(value=-1, precision=0), ConfigRadio(list(GENERATOR_LABELS), value=generators[0]),
+                  ConfigRadio(list(METHOD_LABELS), value="diffuseit")]
         for name, component in zip(COMPACT_INPUTS, inputs):
             component.label = name  # hidden: the label only names the parameter on the API page
         inputs = [described(c, COMPACT_HELP.get(n) or api_help(n)) for n, c in zip(COMPACT_INPUTS, inputs)]

@@ -1,7 +1,7 @@
 """The Space around ``dsct``: everything ``app.py`` serves but does not lay out.
 
 One module per concern, imported one way (the layout in ``app.py`` → ``api`` → ``worker`` →
-``planning`` → ``dsct``; ``words``, ``controls`` and ``results`` are leaves the others read):
+``planning`` → ``dsct``; ``words`` is read by all, ``controls`` and ``results`` by the layout and ``api``):
 
 - ``words``: the page's and the API's words (labels, help, banners, endpoint descriptions);
 - ``controls``: the Gradio components that carry settings, each leaving validation to dsct;

@@ -16,7 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from dsct import ConfigError, DSCTError, ImageError, preset
-from dsct.config import Mode
+from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, Mode
 
 from . import planning
 from .planning import Plan, cost, make_plan, settings, work_size
@@ -34,12 +34,12 @@ def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
-def outputs(updates: Iterator[Step | Done]) -> Iterator[tuple[Any, Any]]:
+def outputs(updates: Iterator[Step | Done], method: str) -> Iterator[tuple[Any, Any]]:
     """(results gallery, preview gallery) for each update; gr.skip() leaves an output as it is.
     The previews are cleared when the results arrive."""
     for update in updates:
         if isinstance(update, Done):
-            yield gallery_rows(update.results), []
+            yield gallery_rows(update.results, method), []
         else:
             yield gr.skip(), gr.skip() if update.previews is None else update.previews
 
@@ -58,6 +58,8 @@ def translate_text(
     divergence_until: int, noise_aug: bool, regularize_content: bool, prog_contrast: bool, lambda_clip: float,
     n_cuts: int, lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int,
     restart_threshold: float, size: int, max_long_side: int, resize_mode: str,
+    method: str, eta_edit: float, eta: float, eta_boost: float, t_edit: int, t_boost: int, lambda_gt: float,
+    inner_iters: int, inner_lr: float, symmetric: bool,
     progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the target text (`text`), given what it shows (`source_text`).
@@ -65,7 +67,8 @@ def translate_text(
     Streams (results, x̂0 previews); results are best first, captioned with seed and scores. The UI's
     faces preset (generator='ffhq') sets lambda_id=100 and restart_threshold=0.1: API callers pass them.
     """
-    yield from outputs(stream(planned("text", locals()), progress, session_of(request)))
+    plan = planned("text", locals())
+    yield from outputs(stream(plan, progress, session_of(request)), plan.config.method)
 
 
 def translate_image(
@@ -74,6 +77,8 @@ def translate_image(
     lambda_div: float, divergence_until: int, noise_aug: bool, lambda_cls: float, lambda_l2: float,
     lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int, restart_threshold: float,
     size: int, max_long_side: int, resize_mode: str,
+    method: str, eta_edit: float, eta: float, eta_boost: float, t_edit: int, t_boost: int, lambda_gt: float,
+    inner_iters: int, inner_lr: float, symmetric: bool,
     progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the look of the style image, keeping the source's structure.
@@ -81,7 +86,8 @@ def translate_image(
     Yields (results best first, x̂0 previews). For the UI's faces preset, API callers choosing
     generator='ffhq' also pass lambda_id=100 and restart_threshold=0.1.
     """
-    yield from outputs(stream(planned("image", locals()), progress, session_of(request)))
+    plan = planned("image", locals())
+    yield from outputs(stream(plan, progress, session_of(request)), plan.config.method)
 
 
 HANDLERS: dict[str, Callable[..., Iterator[tuple[Any, Any]]]] = {"text": translate_text, "image": translate_image}
@@ -107,7 +113,7 @@ def estimate(mode: Mode, *values: Any) -> str:
     values_by_name = dict(zip(handler_inputs(mode), values))
     try:
         generator = values_by_name["generator"]
-        config = preset(mode, generator=generator, **settings(values_by_name))
+        config = preset(mode, generator=generator, **settings(mode, values_by_name))
         width, height = config.max_long_side, config.size  # the largest working size, until a source is given
         if values_by_name.get("source"):
             with Image.open(values_by_name["source"]) as im:  # the header only
@@ -121,7 +127,8 @@ def estimate(mode: Mode, *values: Any) -> str:
     return f"≈ {seconds:.0f} s {where} · ≈ {memory:.0f} GB"
 
 
-COMPACT_INPUTS = ("source", "text", "source_text", "style", "preset", "samples", "seed", "generator")
+COMPACT_INPUTS = ("source", "text", "source_text", "style", "preset", "samples", "seed", "generator", "method")
+COMPACT_PRESETS = ("default", "full", "fast")
 COMPACT_DEFAULTS: dict[str, Any] = {}  # the server's own defaults (tiny models: small settings): set_compact_defaults
 
 
@@ -132,12 +139,21 @@ def set_compact_defaults(defaults: Mapping[str, Any] | None) -> None:
 
 
 def compact_request(values: Mapping[str, Any]) -> tuple[Mode, dict[str, Any]]:
-    """The compact endpoint's few arguments as a full handler request: the preset fills the rest."""
+    """The compact endpoint's few arguments as a full handler request: the method's preset fills the rest.
+
+    'default' is DiffuseIT's fast preset (as before AGG) and AGG's one preset; the server's own
+    defaults apply where the method reads them.
+    """
     mode: Mode = "image" if values.get("style") else "text"
-    choice, seed = values.get("preset"), values.get("seed")
-    if choice not in ("full", "fast"):
-        raise ConfigError("preset", choice, "'full' or 'fast'")
-    base = preset(mode, fast=choice == "fast", generator=values.get("generator"), **COMPACT_DEFAULTS)
+    choice, seed, method = values.get("preset"), values.get("seed"), values.get("method")
+    if choice not in COMPACT_PRESETS:
+        raise ConfigError("preset", choice, " or ".join(map(repr, COMPACT_PRESETS)))
+    if method == "agg" and choice == "fast":
+        raise ConfigError("preset", choice, "'default' or 'full' with method='agg': AGG has one preset (it is the "
+                          "faster method already)")
+    unread = AGG_ONLY if method == "diffuseit" else DIFFUSEIT_ONLY
+    base = preset(mode, method=method, fast=choice in ("default", "fast") and method == "diffuseit",
+                  generator=values.get("generator"), **{k: v for k, v in COMPACT_DEFAULTS.items() if k not in unread})
     chosen = {f: getattr(base, f) for f in SETTINGS if f != "mode"}
     return mode, {**chosen, "samples": values.get("samples"), "seed": random_seed() if seed == -1 else seed,
                   "source": values.get("source"), "style": values.get("style") or None,
@@ -169,21 +185,22 @@ def make_validator(mode: Mode) -> Callable[..., list[dict[str, Any]]]:
 
 
 def translate_photo(source: str | None, text: str | None = None, source_text: str | None = None,
-                      style: str | None = None, preset: str = "fast", samples: int = 1, seed: int = -1,
-                      generator: str = "imagenet", progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
+                    style: str | None = None, preset: str = "default", samples: int = 1, seed: int = -1,
+                    generator: str = "imagenet", method: str = "diffuseit", progress: gr.Progress = gr.Progress()
+                    ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
     # the docstring (the endpoint's and MCP tool's description) is written by describe, from COMPACT_HELP
     try:
         mode, values = compact_request(dict(zip(COMPACT_INPUTS, (source, text, source_text, style, preset, samples,
-                                                                  seed, generator))))
+                                                                  seed, generator, method))))
     except DSCTError as e:
         raise user_error(e) from e
     plan = planned(mode, values)
     results = [u.results for u in stream(plan, progress) if isinstance(u, Done)][-1]
-    info = {"mode": mode, "seeds": [r.seed for r in results],
+    info = {"mode": mode, "method": plan.config.method, "seeds": [r.seed for r in results],
             "results": [{"rank": r.rank, "seed": r.seed, "content_score": r.content_score,
                          "target_score": r.target_score, "restarts": r.restarts, "note": r.note, "tiny": r.tiny}
                         for r in results]}
-    return gallery_rows(results), info
+    return gallery_rows(results, plan.config.method), info
 
 
 validate_compact = validator(COMPACT_INPUTS, compact_request)
@@ -196,7 +213,7 @@ def run_example(mode: Mode, generator: str, initial: Mapping[str, Any], source: 
                                                                              text=third)
     plan = planned(mode, {**initial, **inputs, "generator": generator})
     results = [u.results for u in stream(plan, None) if isinstance(u, Done)]
-    return gallery_rows(results[-1])
+    return gallery_rows(results[-1], plan.config.method)
 
 
 def random_seed() -> int:
@@ -236,10 +253,11 @@ def stopped_note(request: gr.Request | None = None) -> tuple[str, Any]:
 
 
 describe(translate_photo, "Translate a photo toward a target text or the look of a style image, keeping its "
-         "layout (DiffuseIT).", "(gallery, info): the pictures best first with captions, and JSON with the mode, "
-         "the seeds and each result's scores (content: lower keeps more of the layout; target: higher is closer)",
+         "layout (DiffuseIT or AGG).", "(gallery, info): the pictures best first with captions, and JSON with the mode, "
+         "the method, the seeds and each result's scores (content: lower keeps more of the layout; target: higher is closer)",
          COMPACT_HELP)
-describe(translate_text, "Translate a photo toward a target text, keeping its layout (DiffuseIT).",
+describe(translate_text, "Translate a photo toward a target text, keeping its layout (DiffuseIT or AGG).",
          "(results, previews): the pictures best first, captioned with seed and scores; x̂0 previews while running")
-describe(translate_image, "Translate a photo toward the look of a style image, keeping its layout (DiffuseIT).",
+describe(translate_image, "Translate a photo toward the look of a style image, keeping its layout "
+         "(DiffuseIT or AGG).",
          "(results, previews): the pictures best first, captioned with seed and scores; x̂0 previews while running")

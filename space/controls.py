@@ -9,9 +9,9 @@ from typing import Any
 import gradio as gr
 
 from dsct import TranslationConfig, preset
-from dsct.config import RANGES
+from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, RANGES
 
-from .words import FACES_NOTE, RESIZE_CHOICES, SETTINGS, WORDS
+from .words import FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS
 
 # Sliders stop where hand-tuning stops (the SPEC §5 weights are at most 3000); the API may send
 # anything in config.RANGES, and TranslationConfig, not the slider, decides what is valid.
@@ -53,6 +53,15 @@ class ConfigRadio(gr.Radio):
         return payload
 
 
+class ConfigDropdown(gr.Dropdown):
+    """A dropdown that, like ConfigRadio, leaves the check of an API caller's value to dsct."""
+
+    is_template = True
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+
 class ImageInput(gr.Image):
     """An image input that hands dsct the uploaded file itself.
 
@@ -71,18 +80,20 @@ class ImageInput(gr.Image):
 def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
     """The input for one TranslationConfig field, labelled in words (WORDS)."""
     label, info = WORDS[name]
-    field, kw = SETTINGS[name], dict(value=value, label=label, info=info, **extra)
+    field, kw = SETTINGS[name], dict(value=value, label=label, info=info) | extra
     if field.type == "bool":
         return gr.Checkbox(**kw)
     if name == "resize_mode":
         return ConfigRadio(choices=RESIZE_CHOICES, **kw)
+    if name == "method":
+        return ConfigDropdown(choices=[(label, m) for m, label in METHOD_LABELS.items()], **kw)
     low, high = RANGES[name]
     is_int = field.type == "int"
     if name in NUMBER_FIELDS:
         return ConfigNumber(minimum=low, maximum=high, precision=0 if is_int else None, **kw)
     if name.startswith("lambda_"):
         high = min(high, WEIGHT_SLIDER_MAX)
-    step = 32 if name in ("size", "max_long_side") else 1
+    step = 32 if name in ("size", "max_long_side") else 0.01 if high <= 1 and not is_int else 1
     slider = ConfigSlider(minimum=low, maximum=high, step=step, **kw)
     slider.integer = is_int  # not a constructor argument: gradio reads __init__'s signature for the page's config
     return slider
@@ -93,16 +104,29 @@ def config_values(config: TranslationConfig, names: Sequence[str]) -> list[Any]:
     return [config.resample_repeats > 1 if n == "resampling" else getattr(config, n) for n in names]
 
 
-def preset_updates(mode: str, fast: bool, generator: str, names: Sequence[str], current: Sequence[Any]
-                   ) -> tuple[list[Any], str]:
-    """The controls ``names`` set to a preset for this generator, and a note of what that changed.
+def shown(name: str, method: str, generator: str) -> bool:
+    """Whether a setting's control is shown: only those that do something with this method and generator."""
+    if name in (AGG_ONLY if method == "diffuseit" else DIFFUSEIT_ONLY) or (name == "resampling" and method == "agg"):
+        return False
+    return name != "lambda_id" or generator == "ffhq"
 
-    A switch of preset or model rewrites settings the user may have tuned: the note names each one
-    with its old and new value, so nothing changes unseen. The identity weight shows only with Faces.
+
+def preset_updates(mode: str, fast: bool, generator: str, method: str, names: Sequence[str], current: Sequence[Any]
+                   ) -> tuple[list[Any], str]:
+    """The controls ``names`` set to a preset of this method and generator, and a note of what changed.
+
+    A switch of preset, model or method rewrites settings the user may have tuned: the note names
+    each one with its old and new value, so nothing changes unseen. Only the settings the choice reads
+    are shown (AGG has one preset: Fast is DiffuseIT's).
     """
-    values = config_values(preset(mode, fast=fast, generator=generator), names)
-    changed = [f"{WORDS[n][0]} {old} → {new}" for n, old, new in zip(names, current, values) if old != new]
-    updates = [gr.update(value=v, visible=generator == "ffhq") if n == "lambda_id" else v for n, v in zip(names, values)]
+    config = preset(mode, method=method, fast=fast and method == "diffuseit", generator=generator)
+    values = config_values(config, names)
+    changed = [f"{WORDS[n][0]} {old} → {new}" for n, old, new in zip(names, current, values)
+               if old != new and n != "method"]
+    visible = {n: shown(n, method, generator) for n in names}
+    if "resample_repeats" in visible:  # and only while resampling is on
+        visible["resample_repeats"] &= config.resample_repeats > 1
+    updates = [gr.update(value=v, visible=visible[n]) for n, v in zip(names, values)]
     note = f"Preset applied: {'; '.join(changed)}." if changed else ""
     if generator == "ffhq":
         note = f"{FACES_NOTE} {note}".strip()

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from dsct import ConfigError, Models, TranslationConfig, budget, preset
-from dsct.config import Mode
+from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, Mode
 from dsct.images import working_size
 from dsct.pipeline import check_request
 
@@ -39,6 +39,7 @@ PRIOR_SLOWDOWN = 1.5
 
 MODELS: dict[str, Models] = {}  # generator -> loaded models; read by the GPU function (a forked worker on ZeroGPU)
 MEASURED_SPEED: dict[tuple[str, str], budget.StepSpeed] = {}  # (generator, mode) -> the last timed run on CUDA
+ENDPOINT_DEFAULTS: dict[str, dict[str, Any]] = {}  # mode -> the values its endpoint's inputs start with
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,11 @@ def evaluation_seconds(plan: Plan) -> float:
 def learn_speed(plan: Plan, seconds_per_full_step: list[float]) -> None:
     """Remember a finished run's speed on CUDA for the next plans.
 
-    A small image is no faster per pixel_factor (never below 1): its timing would undercount.
+    A small image is no faster per pixel_factor (never below 1): its timing would undercount. Only
+    DiffuseIT's steps teach it: they are all guided, while most of AGG's are plain, cheaper passes, and
+    the prior prices every AGG pass as a guided one.
     """
-    if (seconds_per_full_step and MODELS[plan.generator].device.type == "cuda"
+    if (seconds_per_full_step and plan.config.method == "diffuseit" and MODELS[plan.generator].device.type == "cuda"
             and plan.pixels >= budget.REFERENCE_PIXELS):
         seconds = sum(seconds_per_full_step) / len(seconds_per_full_step)
         MEASURED_SPEED[(plan.generator, plan.config.mode)] = budget.StepSpeed.from_measurement(
@@ -89,8 +92,9 @@ def learn_speed(plan: Plan, seconds_per_full_step: list[float]) -> None:
 def cost(generator: str, config: TranslationConfig, pixels: int) -> tuple[float, float]:
     """(wall seconds, peak GB) of a request: the one cost model behind the plan and the UI's estimate."""
     sampling = budget.run_seconds(config, pixels, speed_of(generator, config.mode))
-    return (GPU_START_S + FINISH_S + RESTART_MARGIN * sampling,
-            budget.peak_memory_gb(config.mode, config.samples, pixels))
+    margin = RESTART_MARGIN if config.method == "diffuseit" else 1.0  # AGG never restarts a sample
+    return (GPU_START_S + FINISH_S + margin * sampling,
+            budget.peak_memory_gb(config.mode, config.samples, pixels) + budget.inversion_gb(config, pixels))
 
 
 def duration_factor() -> float:
@@ -129,8 +133,22 @@ def work_size(config: TranslationConfig, width: int, height: int) -> tuple[int, 
                         resize_mode=config.resize_mode)
 
 
-def settings(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The TranslationConfig fields among a handler's arguments; the resampling toggle off means 1 repeat."""
+def serve_endpoint_defaults(mode: str, values: Mapping[str, Any]) -> None:
+    """The values an endpoint's inputs start with (what gradio_client sends for a parameter left out)."""
+    ENDPOINT_DEFAULTS[mode] = dict(values)
+
+
+def settings(mode: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The TranslationConfig fields among a handler's arguments; the resampling toggle off means 1 repeat.
+
+    A setting the chosen method does not read, left at the endpoint's starting value, was not set by
+    the caller (gradio_client fills in what is left out): it is dropped, so the method's own default
+    applies. Set to anything else it stays, and the config refuses it by name.
+    """
+    method = values.get("method", "diffuseit")
+    unread = DIFFUSEIT_ONLY + ("resampling",) if method == "agg" else AGG_ONLY
+    start = ENDPOINT_DEFAULTS.get(mode, {})
+    values = {n: v for n, v in values.items() if not (n in unread and n in start and v == start[n])}
     chosen = {name: value for name, value in values.items() if name in SETTINGS}
     resampling = values.get("resampling", True)
     if not isinstance(resampling, bool):  # an API caller's "no" must not count as on
@@ -150,7 +168,7 @@ def make_plan(mode: Mode, values: Mapping[str, Any]) -> Plan:
         raise ConfigError("generator", generator, f"one of {', '.join(map(repr, MODELS))} (loaded here)")
     source, style = values.get("source"), values.get("style")
     text, source_text = values.get("text"), values.get("source_text")
-    config = preset(mode, generator=generator, **settings(values))  # the one validator
+    config = preset(mode, generator=generator, **settings(mode, values))  # the one validator
     request = check_request(config, source, text=text, source_text=source_text, style=style)
     width, height = work_size(config, *request.source.size)
     seconds, memory = cost(generator, config, width * height)

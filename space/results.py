@@ -14,11 +14,13 @@ from PIL import Image
 from dsct import DSCTError, Result
 from dsct.images import fit_to, load_image
 
+from .words import METHOD_NAMES
 
-def caption(result: Result) -> str:
-    """Rank and seed, then the scores, then anything to know, each on its own line (the page shows
-    captions whole, wrapped at the line breaks)."""
-    lines = [f"#{result.rank} · seed {result.seed}",
+
+def caption(result: Result, method: str) -> str:
+    """Rank, seed and method, then the scores, then anything to know, each on its own line (the page
+    shows captions whole, wrapped at the line breaks)."""
+    lines = [f"#{result.rank} · seed {result.seed} · {METHOD_NAMES[method]}",
              f"content {result.content_score:.3f} · target {result.target_score:.3f}"]
     extra = ([f"restarts {result.restarts}"] if result.restarts else []) + ([result.note] if result.note else [])
     if result.tiny:
@@ -28,8 +30,8 @@ def caption(result: Result) -> str:
     return "\n".join(lines)
 
 
-def gallery_rows(results: Sequence[Result]) -> list[tuple[Any, str]]:
-    return [(r.image, caption(r)) for r in results]
+def gallery_rows(results: Sequence[Result], method: str) -> list[tuple[Any, str]]:
+    return [(r.image, caption(r, method)) for r in results]
 
 
 def result_path(gallery: Any, index: int) -> str | None:

@@ -23,19 +23,24 @@ GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet", "ffhq": "Faces"}
 TAB_LABELS: dict[str, str] = {"text": "Edit with text", "image": "Restyle with an image"}
 SETTINGS_LABEL = "Settings: steps, seed, samples and more"  # the accordion under the first view
 FACES_NOTE = "Faces expects an aligned, centred portrait (one face filling the square, as in FFHQ)."
-PAPER_URL = "https://arxiv.org/abs/2209.15264"
-CODE_URL = "https://github.com/cyclomon/DiffuseIT"
+PAPERS = {  # method -> (paper, the authors' code)
+    "diffuseit": ("https://arxiv.org/abs/2209.15264", "https://github.com/cyclomon/DiffuseIT"),
+    "agg": ("https://arxiv.org/abs/2306.04396", "https://github.com/submissionanon18/AGG"),
+}
 HEADER = ("# DSCT — translate a photo, keep its layout\n"
           "Turn what a photo shows into something else (*Cat* → *Black Leopard*) or give it the look of a style "
-          f"image. DiffuseIT, ICLR 2023: [paper]({PAPER_URL}) · [authors' code]({CODE_URL}) · "
-          "[API](?view=api)")
+          f"image. DiffuseIT, ICLR 2023 ([paper]({PAPERS['diffuseit'][0]}), [code]({PAPERS['diffuseit'][1]})) · "
+          f"AGG, CVPR 2024 ([paper]({PAPERS['agg'][0]}), [code]({PAPERS['agg'][1]})) · [API](?view=api)")
 HOW_IT_WORKS = (
-    "A pretrained diffusion model redraws the photo step by step, guided by a DINO ViT that keeps its "
-    "structure and by CLIP (text) or the style image's DINO features (look). Skipped steps are taken from "
-    "the photo itself. Samples come back best first, each with its seed and two scores: *content* is the "
-    "structure distance to the photo (lower keeps more of the layout), *target* the closeness to the text "
-    "or style (higher is closer). Kwon & Ye, *Diffusion-based Image Translation using Disentangled Style "
-    "and Content Representation*, ICLR 2023.")
+    "A pretrained diffusion model redraws the photo step by step. **DiffuseIT** guides every step: a DINO ViT "
+    "keeps the structure and CLIP (text) or the style image's DINO features (look) steer it; skipped steps are "
+    "taken from the photo itself. **AGG** first runs the photo backwards into noise (a DDIM inversion), then "
+    "guides only the first 19 of 60 steps back, pulling each preview toward the inversion's own to keep the "
+    "content. Samples come back best first, each with its seed and two scores: *content* is the structure "
+    "distance to the photo (lower keeps more of the layout), *target* the closeness to the text or style "
+    "(higher is closer). Kwon & Ye, *Diffusion-based Image Translation using Disentangled Style "
+    "and Content Representation*, ICLR 2023; *Improving Diffusion-based Image Translation using Asymmetric "
+    "Gradient Guidance*, CVPR 2024.")
 
 # The Advanced accordion, grouped as SPEC §4 groups the losses; a tab shows the fields its handler takes.
 ADVANCED: dict[str, tuple[str, ...]] = {
@@ -43,8 +48,11 @@ ADVANCED: dict[str, tuple[str, ...]] = {
                             "regularize_content", "prog_contrast"),
     "Style / text": ("lambda_clip", "n_cuts", "lambda_cls", "lambda_l2"),
     "Regularisers": ("lambda_range", "lambda_id", "range_restart", "max_restarts", "restart_threshold"),
+    "AGG": ("lambda_gt", "eta_edit", "eta", "eta_boost", "t_edit", "t_boost", "inner_iters", "inner_lr", "symmetric"),
     "Size": ("size", "max_long_side", "resize_mode"),
 }
+METHOD_LABELS: dict[str, str] = {"diffuseit": "DiffuseIT (ICLR 2023)", "agg": "AGG (CVPR 2024) — faster"}
+METHOD_NAMES: dict[str, str] = {"diffuseit": "DiffuseIT", "agg": "AGG"}  # in captions
 # Every input in words: (label, what it changes in the picture). The labels are for people; the
 # API keeps the parameter names, and its descriptions are these same words (see describe).
 WORDS: dict[str, tuple[str, str]] = {
@@ -52,7 +60,7 @@ WORDS: dict[str, tuple[str, str]] = {
     "style": ("Style image", "the look to take on: colours, textures, the feel of the picture"),
     "source_text": ("What the photo shows", "a few words, e.g. 'Cat'"),
     "text": ("What it should become", "e.g. 'Black Leopard'"),
-    "generator": ("Model", "ImageNet: any photo. Faces: aligned, centred portraits; keeps the identity"),
+    "generator": ("Model", "Faces: aligned portraits, keeps the identity"),
     "steps": ("Diffusion steps", "more steps: finer detail, slower"),
     "skip": ("Keep more of the source (skip)", "higher keeps more of the photo and changes less"),
     "resampling": ("Resampling", "repeat the first step a few times: a stronger change for a little more time"),
@@ -76,6 +84,17 @@ WORDS: dict[str, tuple[str, str]] = {
     "range_restart": ("Restart broken samples", "start a sample over when its colours run out of range"),
     "max_restarts": ("Restarts per sample at most", "bounds the extra time broken samples may take"),
     "restart_threshold": ("Restart threshold", "lower restarts more readily (faces: 0.1)"),
+    "method": ("Method", "DiffuseIT: the first method, strong changes. AGG: the authors' successor, starts from the "
+                         "photo's own noise and guides a third of the steps: faster, keeps more of the layout"),
+    "lambda_gt": ("Keep the photo's content (AGG)", "pull toward the photo's own reconstruction; lower changes more"),
+    "eta_edit": ("Randomness while editing (AGG)", "0: the same picture from the same seed and noise-free steps"),
+    "eta": ("Randomness after editing (AGG)", "fresh noise in the steps that only clean up"),
+    "eta_boost": ("Randomness of the last steps (AGG)", "fresh noise in the final steps: finer texture"),
+    "t_edit": ("Guided steps (AGG)", "how many of the first steps are guided: one fewer than this"),
+    "t_boost": ("Steps before the last ones (AGG)", "the steps after this many use the last steps' randomness"),
+    "inner_iters": ("Refinement passes (AGG)", "extra passes on each guided step's preview; 1 is none"),
+    "inner_lr": ("Refinement rate (AGG)", "how far each refinement pass moves the preview"),
+    "symmetric": ("Symmetric update (AGG)", "the plain update instead of the asymmetric one: a weaker change"),
     "size": ("Working size", "short side in pixels the model works at; larger is slower and needs more memory"),
     "max_long_side": ("Longest side at most", "pixels; a wider photo is cropped to this"),
     "resize_mode": ("Fit", "keep the aspect ratio, or crop a square from the centre"),
@@ -85,10 +104,12 @@ COMPACT_HELP = {
     "text": "What it should become, e.g. 'Black Leopard' (text mode; leave empty when a style image is given)",
     "source_text": "What the photo shows, e.g. 'Cat' (text mode)",
     "style": "Style image whose look to take on (image mode; then leave text and source_text empty)",
-    "preset": "'fast' (about half the time, a weaker change) or 'full' (the paper's settings)",
+    "preset": "'default' (DiffuseIT: fast; AGG: its one preset), 'fast' (DiffuseIT: about half the time, a weaker "
+              "change) or 'full' (DiffuseIT: the paper's settings)",
     "samples": f"Samples: pictures made in one run, 1 to {MAX_SAMPLES}, returned best first",
     "seed": "Seed of the first sample (sample k uses seed + k); -1 draws a random one",
     "generator": "'imagenet' for any photo, 'ffhq' for aligned face portraits (keeps the identity)",
+    "method": "'diffuseit' (ICLR 2023) or 'agg' (CVPR 2024: faster, keeps more of the layout)",
 }
 
 
@@ -183,13 +204,14 @@ def clock(seconds: float) -> str:
 def user_step(evaluation: int, config: TranslationConfig) -> int:
     """The step of the user's ``steps`` an evaluation belongs to: the skipped steps come from the
     photo, and resampling repeats the first guided step, so the last evaluation is step ``steps``."""
-    return config.skip + 1 + max(0, evaluation - config.resample_repeats)
+    repeats = config.resample_repeats if config.method == "diffuseit" else 1  # AGG does not resample
+    return config.skip + 1 + max(0, evaluation - repeats)
 
 
 def progress_line(evaluation: int, config: TranslationConfig, elapsed: float, left: float) -> str:
     """The one progress line: the user's step count, resampling when it adds evaluations, the time."""
     parts = [f"Step {user_step(evaluation, config)} of {config.steps}"]
-    if config.resample_repeats > 1 and evaluation <= config.resample_repeats:
+    if config.method == "diffuseit" and config.resample_repeats > 1 and evaluation <= config.resample_repeats:
         parts.append(f"resampling the first step, {evaluation} of {config.resample_repeats}")
     parts += [f"{clock(elapsed)} elapsed", f"about {clock(left)} left"]
     return " · ".join(parts)

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
 CAT, HUBBLE = REPO / "examples" / "cat.png", REPO / "examples" / "hubble.png"
 # A few guided steps on small images: each call takes about a second on 2 CPU cores.
 SMALL = dict(steps=10, skip=5, divergence_until=2, resample_repeats=2, size=64, max_long_side=96, range_restart=False)
-CAPTION = re.compile(r"^#(\d+) · seed (\d+)\ncontent -?\d+\.\d{3} · target -?\d+\.\d{3}"
+CAPTION = re.compile(r"^#(\d+) · seed (\d+) · (DiffuseIT|AGG)\ncontent -?\d+\.\d{3} · target -?\d+\.\d{3}"
                      r"\ntiny model: not meaningful$")  # rank and seed, scores, notes: a line each
 
 
@@ -342,3 +342,32 @@ def test_the_api_page_lists_the_compact_endpoint_first_with_typed_parameters_and
     # the snippet as shown, its one picture (a URL, unreachable here) replaced by a local file
     gallery, info = client.predict(**{**example, "source": handle_file(CAT)}, api_name="/translate")
     assert info["mode"] == "text" and len(gallery) == example["samples"]
+
+
+def test_agg_through_both_endpoints(client):
+    """method='agg' where the endpoint's other settings were left as they start: DiffuseIT's own settings
+    among them are not the caller's, so AGG's defaults apply; captions and the JSON name the method."""
+    gallery, _ = client.predict(handle_file(CAT), "Cat", "Black Leopard", method="agg", samples=2, seed=4,
+                                api_name="/translate_text")
+    assert [CAPTION.match(item["caption"]).group(3) for item in gallery] == ["AGG", "AGG"]
+    assert {int(CAPTION.match(item["caption"]).group(2)) for item in gallery} == {4, 5}
+    styled, info = client.predict(source=handle_file(CAT), style=handle_file(HUBBLE), seed=3, method="agg",
+                                  api_name="/translate")
+    assert (info["mode"], info["method"], info["seeds"]) == ("image", "agg", [3])
+    assert CAPTION.match(styled[0]["caption"]).group(3) == "AGG"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(method="agg", lambda_ssim=5.0, api_name="/translate_text"),
+     "lambda_ssim=5.0 is not allowed: 1000.0 (its default) with method='agg': only method='diffuseit' reads it"),
+    (dict(method="diffuseit", lambda_gt=50.0, api_name="/translate_text"),
+     "lambda_gt=50.0 is not allowed: 200.0 (its default) with method='diffuseit': only method='agg' reads it"),
+    (dict(method="agg", eta=1.5, api_name="/translate_text"), "eta=1.5 is not allowed"),
+    (dict(method="sd", api_name="/translate_text"), "method='sd' is not allowed"),
+    (dict(method="agg", preset="fast", api_name="/translate"),
+     "preset='fast' is not allowed: 'default' or 'full' with method='agg'"),
+])
+def test_bad_agg_settings_are_refused_with_the_field_named(client, kwargs, message):
+    with pytest.raises(ValidationError) as info:
+        client.predict(source=handle_file(CAT), source_text="Cat", text="Black Leopard", **kwargs)
+    assert message in str(info.value)

@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
-from space.words import FACES_NOTE, SETTINGS_LABEL, TAB_LABELS, WORDS  # noqa: E402
+from space.words import FACES_NOTE, METHOD_LABELS, SETTINGS_LABEL, TAB_LABELS, WORDS  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")]
 
@@ -89,6 +89,12 @@ def _field(page, name: str, kind: str):
     return page.locator("label:visible").filter(has=page.get_by_text(name, exact=True)).locator(kind).first
 
 
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the visible dropdown labelled ``label``."""
+    page.get_by_label(label).filter(visible=True).first.click()
+    page.get_by_role("option", name=option, exact=True).first.click()
+
+
 def _set_slider(page, name: str, value: int) -> None:
     box = page.locator(f"input[aria-label='number input for {name}']:visible")
     box.fill(str(value))
@@ -96,7 +102,7 @@ def _set_slider(page, name: str, value: int) -> None:
 
 
 def _caption_seed(page) -> str:
-    caption = page.get_by_text(re.compile(r"^#1 · seed \d+\s+content")).first
+    caption = page.get_by_text(re.compile(r"^#1 · seed \d+ · DiffuseIT\s+content")).first
     caption.wait_for(state="visible")
     return re.search(r"seed (\d+)", caption.inner_text()).group(1)
 
@@ -154,14 +160,10 @@ def test_controls_translate_progress_and_stop(page):
     seed.fill("5")
     seed.press("Tab")
     _field(page, W["text"], "input[type=text], textarea").press("Enter")
-    page.get_by_text(re.compile(r"^#1 · seed 5\s+content")).first.wait_for(state="visible")
+    page.get_by_text(re.compile(r"^#1 · seed 5 · DiffuseIT\s+content")).first.wait_for(state="visible")
     assert seed.input_value() == "5"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "browser-text-tab.png"), full_page=True)
-    if os.environ.get("DSCT_UPDATE_SCREENSHOT") == "1":  # the README's picture of the page (tiny models)
-        page.get_by_role("button", name="Advanced").first.click()  # closed again: the page as a user first sees it
-        page.get_by_role("button", name=SETTINGS_LABEL).first.click()
-        page.screenshot(path=str(REPO / "docs" / "screenshot-tiny-models.png"), full_page=True)
 
 
 def test_style_tab_controls(page):
@@ -203,6 +205,16 @@ def test_first_view_at_1440x900_and_errors_where_the_eye_is(served):
         translate.click()
         page.locator(".dsct-status:visible").get_by_text(
             "⚠ Add what it should become (e.g. 'Black Leopard').", exact=True).wait_for(state="visible")
+        page.get_by_placeholder(re.compile("^Black Leopard")).filter(visible=True).first.fill("Black Leopard")
+        translate.click()
+        page.get_by_text(re.compile(r"^#1 · seed \d+ · DiffuseIT")).first.wait_for(state="visible")
+        assert page.locator(".block.dsct-status:visible").first.inner_text().strip() == ""  # the refusal is gone
+        if os.environ.get("DSCT_UPDATE_SCREENSHOT") == "1":  # the README's picture of the first view (tiny models)
+            for close in page.locator(".toast-close:visible").all():  # the refusals' toasts, said and seen
+                close.click()
+            page.mouse.move(0, 0)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(REPO / "docs" / "screenshot-tiny-models.png"))
     finally:
         page.close()
 
@@ -278,14 +290,25 @@ def test_honest_controls_one_photo_and_what_a_switch_changed(served):
         photo.locator("img").first.wait_for(state="visible")  # the photo of the first tab is this tab's too
         page.get_by_role("tab", name=TAB_LABELS["text"]).click()
         # the preset switch says which settings it changed (SMALL's 10 steps become the full preset's 100)
-        page.get_by_text("Full", exact=True).filter(visible=True).first.click()
-        page.locator(".dsct-note:visible").get_by_text(re.compile(rf"{W['steps']} 10 → 100")).wait_for(state="visible")
+        _choose(page, "Preset", "Full")
+        note = page.locator(".dsct-note:visible")
+        note.get_by_text(re.compile(rf"{W['steps']} 10 → 100")).wait_for(state="visible")
         # Faces: says what photo it expects, and the identity weight appears
         page.get_by_role("button", name=SETTINGS_LABEL).first.click()
         page.get_by_role("button", name="Advanced").first.click()
         assert page.get_by_text(W["lambda_id"], exact=True).filter(visible=True).count() == 0
-        page.get_by_text("Faces", exact=True).filter(visible=True).first.click()
-        page.locator(".dsct-note:visible").get_by_text(FACES_NOTE, exact=False).wait_for(state="visible")
+        _choose(page, W["generator"], "Faces")
+        note.get_by_text(FACES_NOTE, exact=False).wait_for(state="visible")
         _label(page, W["lambda_id"]).wait_for(state="visible")
+        # AGG: its own settings appear, DiffuseIT's own ones go, and Preset has nothing to choose
+        _choose(page, W["generator"], "ImageNet")
+        _choose(page, "Method", METHOD_LABELS["agg"])
+        _label(page, W["lambda_gt"]).wait_for(state="visible")
+        page.get_by_text(W["lambda_ssim"], exact=True).filter(visible=True).first.wait_for(state="hidden")
+        assert page.get_by_text(W["resample_repeats"], exact=True).filter(visible=True).count() == 0
+        assert page.get_by_label("Preset").first.is_disabled()
+        _choose(page, "Method", METHOD_LABELS["diffuseit"])
+        _label(page, W["lambda_ssim"]).wait_for(state="visible")
+        assert page.get_by_text(W["lambda_gt"], exact=True).filter(visible=True).count() == 0
     finally:
         page.close()

@@ -104,17 +104,24 @@ def test_stop_says_the_step_the_run_had_reached(fake_run):
 
 
 def test_a_preset_switch_says_what_it_changed():
-    names = ["steps", "skip", "resampling", "resample_repeats", "divergence_until", "lambda_id"]
-    full = [100, 40, True, 10, 50, 0.0]
-    updates, note = preset_updates("text", True, "imagenet", names, full)
-    assert updates[:5] == [50, 20, True, 4, 25]
-    assert updates[5] == gr.update(value=0.0, visible=False)
+    names = ["steps", "skip", "resampling", "resample_repeats", "divergence_until", "lambda_id", "method", "lambda_gt"]
+    full = [100, 40, True, 10, 50, 0.0, "diffuseit", 200.0]
+    updates, note = preset_updates("text", True, "imagenet", "diffuseit", names, full)
+    assert [u["value"] for u in updates] == [50, 20, True, 4, 25, 0.0, "diffuseit", 200.0]
+    assert [u["visible"] for u in updates] == [True, True, True, True, True, False, True, False]
     assert note == ("Preset applied: Diffusion steps 100 → 50; Keep more of the source (skip) 40 → 20; "
                     "Resampling repeats 10 → 4; Push until step 50 → 25.")
-    updates, note = preset_updates("text", False, "ffhq", names, full)
+    updates, note = preset_updates("text", False, "ffhq", "diffuseit", names, full)
     assert updates[5] == gr.update(value=100.0, visible=True)  # the faces preset's identity weight, shown
     assert note == f"{FACES_NOTE} Preset applied: Keep the person's identity 0.0 → 100.0."
-    assert preset_updates("text", False, "imagenet", names, full)[1] == ""
+    assert preset_updates("text", False, "imagenet", "diffuseit", names, full)[1] == ""
+    # AGG: one preset whatever Fast says; DiffuseIT's own settings hidden at their defaults, AGG's shown
+    fast = [50, 20, True, 4, 25, 0.0, "diffuseit", 200.0]
+    updates, note = preset_updates("text", True, "imagenet", "agg", names, fast)
+    assert [u["value"] for u in updates] == [100, 40, True, 10, 50, 0.0, "agg", 200.0]
+    assert [u["visible"] for u in updates] == [True, True, False, False, False, False, True, True]
+    assert note == ("Preset applied: Diffusion steps 50 → 100; Keep more of the source (skip) 20 → 40; "
+                    "Resampling repeats 4 → 10; Push until step 25 → 50.")
 
 
 def test_the_slider_shows_the_selected_result(tmp_path):
@@ -135,9 +142,9 @@ def test_the_slider_shows_the_selected_result(tmp_path):
 def test_captions_put_rank_and_seed_scores_and_notes_on_lines_of_their_own():
     result = SimpleNamespace(rank=2, seed=8, content_score=0.12345, target_score=-0.5, restarts=1, note="cut short",
                              tiny=False)
-    assert caption(result) == "#2 · seed 8\ncontent 0.123 · target -0.500\nrestarts 1 · cut short"
+    assert caption(result, "agg") == "#2 · seed 8 · AGG\ncontent 0.123 · target -0.500\nrestarts 1 · cut short"
     plain = SimpleNamespace(rank=1, seed=7, content_score=0.1, target_score=0.2, restarts=0, note=None, tiny=False)
-    assert caption(plain) == "#1 · seed 7\ncontent 0.100 · target 0.200"
+    assert caption(plain, "diffuseit") == "#1 · seed 7 · DiffuseIT\ncontent 0.100 · target 0.200"
 
 
 def test_one_photo_for_both_tabs(tmp_path):

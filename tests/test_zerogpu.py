@@ -106,6 +106,19 @@ def test_cost_is_sublinear_in_samples_and_learns_the_measured_speed(models, monk
     assert learned == pytest.approx(fixed + 1.5 * 6 * 0.2 / 2.36)
 
 
+def test_an_agg_request_is_priced_by_its_own_work(models):
+    """AGG: 60 passes per sample (19 guided + 41 plain) plus the inversion's 60 at batch 1, each priced as a
+    guided evaluation until measured, and no restart margin (AGG never restarts)."""
+    fixed = planning.GPU_START_S + planning.FINISH_S
+    prior = budget.H100_STEP_SECONDS["text"] * planning.PRIOR_SLOWDOWN
+    seconds, memory = planning.cost("imagenet", preset("text", method="agg"), 256 * 256)
+    assert seconds == pytest.approx(fixed + 60 * prior + 60 * prior)
+    two, _ = planning.cost("imagenet", preset("text", method="agg", samples=2), 256 * 256)
+    assert two == pytest.approx(fixed + 60 * prior * 1.18 + 60 * prior)  # the inversion is per source
+    diffuseit_memory = budget.peak_memory_gb("text", 1, 256 * 256)
+    assert memory == pytest.approx(diffuseit_memory + 60 * 3 * 256 * 256 * 4 / 1e9)  # + the inversion's 60 x̂0
+
+
 def test_the_duration_asked_for_is_divided_by_the_factor_zero_gpu_multiplies_it_by(models, monkeypatch):
     plan = planning.make_plan("text", _values())
     monkeypatch.setattr(planning, "duration_factor", lambda: 1.5)
