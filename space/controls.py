@@ -19,47 +19,41 @@ WEIGHT_SLIDER_MAX = 10_000.0
 NUMBER_FIELDS = frozenset({"seed", "restart_threshold"})  # typed, not slid: their ranges span decades
 
 
-class ConfigSlider(gr.Slider):
-    """A slider whose bounds guide the hand only: values reach TranslationConfig unchecked, so an
-    API caller's out-of-range value gets the config's message, which names the field."""
+class Unchecked:
+    """Mixed into an input so that its value reaches TranslationConfig as sent: an API caller's
+    out-of-range value or unknown choice then gets the config's message, which names the field
+    (gradio's own refusal reaches gradio_client as a bare 400)."""
 
-    is_template = True  # rendered by the frontend as a plain slider
+    is_template = True  # rendered by the frontend as the plain component
+
+    def preprocess(self, payload: Any) -> Any:
+        return payload
+
+    def get_block_name(self) -> str:  # gradio names a template by its first base: here, the gradio one
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("gradio.")).__name__.lower()
+
+    get_block_class = get_block_name
+
+
+class ConfigSlider(Unchecked, gr.Slider):
+    """A slider whose bounds guide the hand only."""
 
     integer = False  # set on an instance for an int setting: the API page and gradio_client then type it int
 
     def api_info(self) -> dict[str, Any]:
         return {**super().api_info(), "type": "integer"} if self.integer else super().api_info()
 
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+
+class ConfigNumber(Unchecked, gr.Number):
+    """A number box whose range and type TranslationConfig checks."""
 
 
-class ConfigNumber(gr.Number):
-    """A number box that, like ConfigSlider, leaves range and type checks to TranslationConfig."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+class ConfigRadio(Unchecked, gr.Radio):
+    """Radio buttons whose choice dsct checks."""
 
 
-class ConfigRadio(gr.Radio):
-    """Radio buttons that, like ConfigSlider, leave the check of an API caller's value to dsct, whose
-    message names the field and its choices (gr.Radio's own refusal reaches gradio_client as a bare 400)."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
-
-
-class ConfigDropdown(gr.Dropdown):
-    """A dropdown that, like ConfigRadio, leaves the check of an API caller's value to dsct."""
-
-    is_template = True
-
-    def preprocess(self, payload: Any) -> Any:
-        return payload
+class ConfigDropdown(Unchecked, gr.Dropdown):
+    """A dropdown whose choice dsct checks."""
 
 
 class ImageInput(gr.Image):
