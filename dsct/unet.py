@@ -357,7 +357,7 @@ class UNet(nn.Module):
             raise ConfigError("y", None, f"{batch} class ids in [0, {self.num_classes}): this UNet is class-conditional")
         if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ConfigError("y", f"{y.dtype} of shape {tuple(y.shape)}", f"an integer tensor of shape ({batch},)")
-        return self.label_emb(y).to(self.time_embed[0].weight.dtype)
+        return self.label_emb(y)
 
     def encode(self, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Encoder pass; returns the bottom features and every block's output for the skips."""
