@@ -355,7 +355,7 @@ class UNet(nn.Module):
             return None
         if y is None:
             raise ConfigError("y", None, f"{batch} class ids in [0, {self.num_classes}): this UNet is class-conditional")
-        if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
             raise ConfigError("y", f"{y.dtype} of shape {tuple(y.shape)}", f"an integer tensor of shape ({batch},)")
         return self.label_emb(y)
 
