@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_flags(p)
         _add_model_flags(p)
     dl = sub.add_parser("download", help="fetch and verify the weights ahead of time", formatter_class=fmt)
-    dl.add_argument("--names", nargs="+", default=None, help="registry names (default: all)")
+    dl.add_argument("--names", nargs="+", default=None, help="registry names (default: all but the opt-in "
+                    f"{', '.join(n for n, e in hub.WEIGHTS.items() if e.opt_in)}; --list shows them)")
     dl.add_argument("--list", action="store_true", help="list the registry and exit")
     return parser
 

@@ -9,6 +9,7 @@ Reference: timm ``_hub.py`` / ``_builder.py`` (registry entry → ``hf_hub_downl
 
 Environment variables read here (and nowhere else in dsct):
   DSCT_<NAME>_PATH  a local file for registry entry <name>: DSCT_ADM_IMAGENET256_PATH, DSCT_ADM_FFHQ256_PATH,
+                    DSCT_ADM_IMAGENET512_PATH,
                     DSCT_DINO_VITB8_PATH, DSCT_CLIP_RN50_PATH (…_RN50X4, _VIT_B_32, _RN50X16, _VIT_B_16),
                     DSCT_ARCFACE_IR_SE50_PATH
   HF_HUB_OFFLINE    no downloads; also honoured when set after huggingface_hub was imported
@@ -66,6 +67,8 @@ class WeightFile:
     ``build_arcface`` key; for CLIP an open_clip name or a ``clip.TINY_CONFIGS`` key), so a
     test can swap in a tiny architecture and keep the code path. ``hub_model`` names the
     timm/open_clip model whose own hub loading fetches the file (None: dsct fetches it).
+    ``opt_in`` files are fetched only when named (``python -m dsct download --names …``), never by a
+    bare ``download`` nor the Space's preload: no default configuration reads them and they are large.
     """
 
     name: str
@@ -79,6 +82,7 @@ class WeightFile:
     arch: str
     arg: str | None = None  # ModelConfig field (CLI flag: --kebab-case) that overrides the file
     hub_model: str | None = None
+    opt_in: bool = False
 
     @property
     def env_var(self) -> str:
@@ -89,6 +93,11 @@ class WeightFile:
     def flag(self) -> str | None:
         """CLI flag that overrides this file, e.g. --unet-path."""
         return None if self.arg is None else "--" + self.arg.replace("_", "-")
+
+    @property
+    def download_command(self) -> str:
+        """The command that fetches this file: a bare ``download`` skips opt-in files."""
+        return f"python -m dsct download{f' --names {self.name}' if self.opt_in else ''}"
 
 
 def _clip(name: str, repo_id: str, size_bytes: int, model: str) -> WeightFile:
@@ -113,6 +122,13 @@ WEIGHTS: dict[str, WeightFile] = {w.name: w for w in (
         source="FFHQ ADM of ILVR (Choi et al. 2021), as deepinv's docs credit it; same bytes as sj98/DiffuseIT "
                "ffhq_10m.pt; size ≈",
         arch="ffhq256", arg="unet_path"),
+    WeightFile(
+        "adm_imagenet512", "omriav/blended-diffusion", "checkpoints/512x512_diffusion.pt", 2_235_990_552,
+        "ea4462ba9962b984a516bc7af5fc93a8fc19deaf37da48bb142eea467897557d",
+        licence="MIT (OpenAI guided-diffusion code); OpenAI's model card: research use",
+        source="OpenAI guided-diffusion 512x512_diffusion.pt (class-conditional ImageNet, jul-2021), the file the "
+               "reference loads for --model_output_size 512 (SPEC §6); size ≈",
+        arch="imagenet512", arg="unet_path", opt_in=True),
     WeightFile(
         "dino_vitb8", "timm/vit_base_patch8_224.dino", "model.safetensors", 343_231_488, None,
         licence="Apache-2.0 (facebookresearch/dino)", source="DINO ViT-B/8, converted by timm; size ≈",
@@ -176,7 +192,7 @@ def _offline_flag(force: bool = False) -> Iterator[None]:
 
 def _missing_message(entry: WeightFile, why: str) -> str:
     """``why`` ends the sentence "<file> is not on disk and …", e.g. "was not downloaded (offline …)"."""
-    fixes = ["run `python -m dsct download` once while online"]
+    fixes = [f"run `{entry.download_command}` once while online"]
     if entry.arg:
         fixes.append(f"pass a local copy with {entry.flag} (ModelConfig.{entry.arg})")
     fixes.append(f"set {entry.env_var}=/path/to/{PurePosixPath(entry.filename).name}")
@@ -419,12 +435,13 @@ def load_clip_model(
 
 
 def download(names: Iterable[str] | None = None, *, cache_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """Fetch and verify registry files (default: all) for ``python -m dsct download``; name → path.
+    """Fetch and verify registry files (default: all but the opt-in ones) for ``python -m dsct download``; name → path.
 
     timm's and open_clip's files land in the Hugging Face cache where their own loaders look.
     Every file is tried; the failures are raised together at the end.
     """
-    return _resolve_all([(name, None) for name in (WEIGHTS if names is None else names)], cache_dir)
+    names = [n for n, entry in WEIGHTS.items() if not entry.opt_in] if names is None else names
+    return _resolve_all([(name, None) for name in names], cache_dir)
 
 
 def _needed(config: ModelConfig) -> list[tuple[str, str | None]]:

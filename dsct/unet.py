@@ -3,7 +3,8 @@ OpenAI guided-diffusion.
 
 Module and parameter names follow guided-diffusion's ``UNetModel`` (``time_embed``,
 ``input_blocks.N.M``, ``middle_block``, ``output_blocks``, ``out``) so its checkpoints
-(``256x256_diffusion_uncond.pt``, ``ffhq_10m.pt``) load with ``strict=True`` and no renaming.
+(``256x256_diffusion_uncond.pt``, ``ffhq_10m.pt``, the class-conditional ``512x512_diffusion.pt``) load with
+``strict=True`` and no renaming.
 Attention keeps the checkpoints' *legacy* head split and runs through
 ``F.scaled_dot_product_attention``; GroupNorm runs in fp32 by default, so the model works under CUDA
 autocast (fp16/bf16) in place of guided-diffusion's ``use_fp16`` weight conversion
@@ -22,7 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from dsct.errors import ConfigError, DSCTError, ImageError
 
-__all__ = ["DIFFUSION_ONLY_KEYS", "GD_MODEL_DEFAULTS", "MODEL_CONFIGS", "UNet", "build_unet", "checkpoint_filter_fn", "timestep_embedding"]
+__all__ = ["DIFFUSION_ONLY_KEYS", "GD_MODEL_DEFAULTS", "IMAGENET_CLASSES", "MODEL_CONFIGS", "UNet", "build_unet", "checkpoint_filter_fn", "timestep_embedding"]
 
 # Keys of guided-diffusion's ``model_and_diffusion_defaults()`` that configure the diffusion
 # process, not the network; ``UNet.from_guided_diffusion`` drops them.
@@ -43,6 +44,7 @@ DEFAULT_CHANNEL_MULT = {
     64: (1, 2, 3, 4),
 }
 NORM_GROUPS = 32
+IMAGENET_CLASSES = 1000  # guided-diffusion's NUM_CLASSES: what class_cond=True means
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -232,6 +234,8 @@ class UNet(nn.Module):
         attention_rates: downsample rates (1, 2, 4, …) whose blocks have self-attention.
         num_head_channels: channels per attention head; -1 to use ``num_heads`` instead.
         num_heads_upsample: heads in the decoder when ``num_head_channels`` is -1 (-1: same).
+        num_classes: class-conditional when set: a label embedding (``label_emb``) is added to the
+            timestep embedding, and ``forward`` requires class ids ``y`` (SPEC §6's 512 model).
         weights: PyTorch default init. ADM zero-initialises its output convs for training; these
             models are only ever loaded (or random test models), so that is skipped to keep
             random models' outputs input-dependent.
@@ -253,12 +257,14 @@ class UNet(nn.Module):
         resblock_updown: bool = True,
         conv_resample: bool = True,
         dropout: float = 0.0,
+        num_classes: int | None = None,
         device=None,
         dtype=None,
     ):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.model_channels = model_channels
+        self.num_classes = num_classes
         self.size_multiple = 2 ** (len(channel_mult) - 1)
         emb_dim = model_channels * 4
 
@@ -275,6 +281,8 @@ class UNet(nn.Module):
 
         num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim, **dd), nn.SiLU(), nn.Linear(emb_dim, emb_dim, **dd))
+        # Registered right after time_embed, as guided-diffusion does, so the state_dict order matches too.
+        self.label_emb = None if num_classes is None else nn.Embedding(num_classes, emb_dim, **dd)
 
         # Encoder: per level, num_res_blocks blocks (+ attention), then a downsample but for the last.
         ch = first_ch = int(channel_mult[0] * model_channels)
@@ -310,18 +318,22 @@ class UNet(nn.Module):
 
         self.out = nn.Sequential(_norm(ch, dd), nn.SiLU(), nn.Conv2d(first_ch, out_channels, 3, padding=1, **dd))
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """ε and v (learned-σ split: channels [:3] and [3:]) for x_t at original timesteps t.
 
         Args:
             x: (B, C, H, W) noisy image in [-1, 1] scale; H, W multiples of ``size_multiple``.
             t: (B,) float original-index timesteps (see ``dsct.diffusion.model_timesteps``).
+            y: (B,) integer class ids in [0, num_classes): required by a class-conditional model,
+                refused by an unconditional one (a silently ignored class would hide a caller's bug).
         Returns:
             (B, out_channels, H, W) in x's dtype (also under autocast).
         """
         if x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple:
             raise ImageError(f"image size {tuple(x.shape[-2:])} must be a multiple of {self.size_multiple} on both sides")
         emb = self.embed_time(t)
+        if (label := self.embed_class(y, x.shape[0])) is not None:
+            emb = emb + label
         h, skips = self.encode(x, emb)
         h = self.middle_block(h, emb)
         h = self.decode(h, skips, emb)
@@ -330,6 +342,22 @@ class UNet(nn.Module):
     def embed_time(self, t: Tensor) -> Tensor:
         """Timestep embedding (B, 4·model_channels) that conditions every ResBlock."""
         return self.time_embed(timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype))
+
+    def embed_class(self, y: Tensor | None, batch: int) -> Tensor | None:
+        """The label embedding (B, 4·model_channels) added to the timestep embedding; None when unconditional.
+
+        No range check on the ids: it would cost a device sync per evaluation (and break CUDA graph
+        capture); ``nn.Embedding`` itself rejects an id out of range.
+        """
+        if self.label_emb is None:
+            if y is not None:
+                raise ConfigError("y", f"class ids of shape {tuple(y.shape)}", "None: this UNet is unconditional")
+            return None
+        if y is None:
+            raise ConfigError("y", None, f"{batch} class ids in [0, {self.num_classes}): this UNet is class-conditional")
+        if y.shape != (batch,) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ConfigError("y", f"{y.dtype} of shape {tuple(y.shape)}", f"an integer tensor of shape ({batch},)")
+        return self.label_emb(y)
 
     def encode(self, x: Tensor, emb: Tensor) -> tuple[Tensor, list[Tensor]]:
         """Encoder pass; returns the bottom features and every block's output for the skips."""
@@ -369,11 +397,11 @@ class UNet(nn.Module):
         ``use_fp16`` is ignored (run under ``torch.autocast`` instead); ``use_checkpoint`` turns on
         ``set_grad_checkpointing``. ``attention_resolutions`` is a string of feature-map sizes
         ("32,16,8"), turned into downsample rates ``image_size // res``; ``channel_mult=""`` picks
-        guided-diffusion's default for ``image_size``.
+        guided-diffusion's default for ``image_size``; ``class_cond`` gives ImageNet's 1000 classes.
 
         Raises:
-            ConfigError: for an unknown key, an unsupported option (``class_cond``,
-                ``use_new_attention_order``) or an image size without a default channel_mult.
+            ConfigError: for an unknown key, an unsupported option (``use_new_attention_order``)
+                or an image size without a default channel_mult.
         """
         cfg = dict(GD_MODEL_DEFAULTS)
         for key, value in kwargs.items():
@@ -382,9 +410,8 @@ class UNet(nn.Module):
             if key not in GD_MODEL_DEFAULTS:
                 raise ConfigError(key, value, f"a guided-diffusion model keyword: {', '.join(sorted(GD_MODEL_DEFAULTS))}")
             cfg[key] = value
-        for key in ("class_cond", "use_new_attention_order"):
-            if cfg[key]:
-                raise ConfigError(key, cfg[key], "False (the supported checkpoints use neither)")
+        if cfg["use_new_attention_order"]:
+            raise ConfigError("use_new_attention_order", True, "False (no supported checkpoint uses it)")
         image_size = int(cfg["image_size"])
         mult = cfg["channel_mult"]
         if isinstance(mult, str):
@@ -405,6 +432,7 @@ class UNet(nn.Module):
             use_scale_shift_norm=bool(cfg["use_scale_shift_norm"]),
             resblock_updown=bool(cfg["resblock_updown"]),
             dropout=float(cfg["dropout"]),
+            num_classes=IMAGENET_CLASSES if cfg["class_cond"] else None,
             device=device,
             dtype=dtype,
         )
@@ -476,6 +504,8 @@ _ADM_256 = dict(
 MODEL_CONFIGS: dict[str, dict] = {
     # 256x256_diffusion_uncond.pt (SPEC §1), 552.8 M parameters.
     "imagenet256": dict(_ADM_256, num_channels=256, attention_resolutions="32,16,8"),
+    # 512x512_diffusion.pt (SPEC §6), class-conditional, 559.0 M parameters; H, W multiples of 64.
+    "imagenet512": dict(_ADM_256, image_size=512, num_channels=256, attention_resolutions="32,16,8", class_cond=True),
     # ffhq_10m.pt (SPEC §1), 93.6 M parameters.
     "ffhq256": dict(_ADM_256, num_channels=128, num_res_blocks=1, attention_resolutions="16"),
     # Test model: the same code paths at a small width; any H, W multiple of 8 (of 32 in the app).
@@ -484,3 +514,6 @@ MODEL_CONFIGS: dict[str, dict] = {
         channel_mult="1,2,2,2", attention_resolutions="8",
     ),
 }
+# Test model of the 512 code paths: class-conditional, a 0.5× first level, 7 levels (H, W multiples of 64).
+MODEL_CONFIGS["tiny512"] = dict(MODEL_CONFIGS["tiny"], image_size=512, num_channels=64, channel_mult="0.5,1,1,1,1,1,1",
+                                attention_resolutions="8", class_cond=True)

@@ -79,12 +79,14 @@ def tiny_files(tmp_path_factory) -> dict[str, tuple[bytes, dict[str, torch.Tenso
     """Registry name → (file bytes, state_dict) of a tiny random network in the entry's file format."""
     tmp = tmp_path_factory.mktemp("tiny")
     unet = _random(lambda: build_unet("tiny"))
+    unet512 = _random(lambda: build_unet("tiny512"))
     vit = _random(lambda: VisionTransformer(**VIT_CONFIGS["tiny"]))
     clip = _random(lambda: open_clip.CLIP(**TINY_CONFIGS["tiny-rn"], quick_gelu=True))
     arcface = _random(lambda: build_arcface("tiny"))
     return {
         "adm_imagenet256": (torch_bytes(unet, tmp), unet),
         "adm_ffhq256": (torch_bytes(unet, tmp), unet),
+        "adm_imagenet512": (torch_bytes(unet512, tmp), unet512),
         "dino_vitb8": (safetensors_bytes(vit), vit),
         "clip_rn50": (safetensors_bytes(clip), clip),
         "arcface_ir_se50": (torch_bytes({"state_dict": arcface}, tmp), arcface),
@@ -92,7 +94,7 @@ def tiny_files(tmp_path_factory) -> dict[str, tuple[bytes, dict[str, torch.Tenso
 
 
 TINY_ARCH = {"adm_imagenet256": "tiny", "adm_ffhq256": "tiny", "dino_vitb8": "tiny", "clip_rn50": "tiny-rn",
-             "arcface_ir_se50": "tiny"}
+             "arcface_ir_se50": "tiny", "adm_imagenet512": "tiny512"}
 
 
 def tiny_entry(name: str, data: bytes, **changes) -> hub.WeightFile:
@@ -266,7 +268,7 @@ def test_missing_override_paths_are_named(offline, monkeypatch, tmp_path):
     with pytest.raises(WeightsNotFound, match="nope.pt"):
         hub.load_vit("dino_vitb8", missing)
     with pytest.raises(ConfigError, match="names"):
-        hub.resolve("adm_imagenet512")
+        hub.resolve("adm_imagenet128")  # not in the registry
 
 
 # --- reading files -------------------------------------------------------------------------
@@ -439,3 +441,74 @@ def test_compute_dtype():
     assert hub.compute_dtype("auto", cpu) == torch.float32
     explicit = [hub.compute_dtype(n, cpu) for n in ("fp32", "bf16", "fp16")]
     assert explicit == [torch.float32, torch.bfloat16, torch.float16]
+
+
+# --- the class-conditional 512 generator (SPEC §6): opt-in, dsct's own fetch ----------------
+
+FILE_512 = ("omriav/blended-diffusion", "checkpoints/512x512_diffusion.pt")
+
+
+def test_imagenet512_entry_is_spec_6s_file():
+    entry = hub.WEIGHTS["adm_imagenet512"]
+    assert (entry.repo_id, entry.filename) == FILE_512
+    assert entry.sha256 == "ea4462ba9962b984a516bc7af5fc93a8fc19deaf37da48bb142eea467897557d"
+    assert entry.env_var == "DSCT_ADM_IMAGENET512_PATH" and entry.flag == "--unet-path"
+    assert entry.arch == "imagenet512" and entry.hub_model is None and entry.opt_in
+    assert hub._human_size(entry.size_bytes) == "2.24 GB"
+    assert entry.download_command == "python -m dsct download --names adm_imagenet512"
+    assert [n for n, e in hub.WEIGHTS.items() if e.opt_in] == ["adm_imagenet512"]
+    assert hub.WEIGHTS["adm_imagenet256"].download_command == "python -m dsct download"
+
+
+def test_imagenet512_loads_strictly_from_the_hf_cache_and_takes_class_ids(offline, tiny_files):
+    data, state_dict = tiny_files["adm_imagenet512"]
+    put_in_cache(offline, *FILE_512, data)
+    unet = hub.load_unet(tiny_entry("adm_imagenet512", data), cache_dir=offline)
+    assert_same_weights(unet, state_dict)
+    assert unet.num_classes == 1000 and not any(p.is_meta for p in unet.parameters())
+    with torch.no_grad():
+        assert unet.eval()(torch.randn(1, 3, 64, 64), torch.tensor([500.0]), y=torch.tensor([3])).shape == (1, 6, 64, 64)
+
+
+def test_imagenet512_env_var_and_wrong_sha256(offline, monkeypatch, tmp_path, tiny_files):
+    data, state_dict = tiny_files["adm_imagenet512"]
+    local = tmp_path / "512x512_diffusion.pt"
+    local.write_bytes(data)
+    monkeypatch.setenv("DSCT_ADM_IMAGENET512_PATH", str(local))
+    assert_same_weights(hub.load_unet(tiny_entry("adm_imagenet512", data), cache_dir=offline), state_dict)
+    with pytest.raises(ChecksumError, match=f"512x512_diffusion.pt \\(adm_imagenet512\\) has sha256 {sha(data)}"):
+        hub.load_unet(tiny_entry("adm_imagenet512", data, sha256="cd" * 32), cache_dir=offline)
+
+
+def test_imagenet512_missing_offline_names_the_file_and_the_command(offline, tiny_files):
+    data, _ = tiny_files["adm_imagenet512"]
+    with pytest.raises(WeightsNotFound) as info:
+        hub.load_unet(tiny_entry("adm_imagenet512", data), cache_dir=offline)
+    assert str(info.value) == (
+        "checkpoints/512x512_diffusion.pt (2.24 GB, Hugging Face repo omriav/blended-diffusion) is not on disk and was "
+        "not downloaded (offline: HF_HUB_OFFLINE is set). To fix: run `python -m dsct download --names adm_imagenet512` "
+        "once while online; or pass a local copy with --unet-path (ModelConfig.unet_path); or set "
+        "DSCT_ADM_IMAGENET512_PATH=/path/to/512x512_diffusion.pt.")
+
+
+def test_imagenet512_is_downloaded_only_when_named(offline, monkeypatch, tiny_files):
+    data, _ = tiny_files["adm_imagenet512"]
+    with pytest.raises(WeightsNotFound) as info:  # a bare download: every default file, not the 512 one
+        hub.download(cache_dir=offline)
+    assert "diffusion_openai.pt" in str(info.value) and "512x512_diffusion.pt" not in str(info.value)
+    assert str(info.value).startswith(f"{len(hub.WEIGHTS) - 1} weight files are not usable")
+    put_in_cache(offline, *FILE_512, data)
+    monkeypatch.setitem(hub.WEIGHTS, "adm_imagenet512", tiny_entry("adm_imagenet512", data))
+    paths = hub.download(["adm_imagenet512"], cache_dir=offline)
+    assert paths["adm_imagenet512"].read_bytes() == data
+
+
+def test_cli_download_names_imagenet512(offline, monkeypatch, capsys, tiny_files):
+    from dsct import cli
+
+    data, _ = tiny_files["adm_imagenet512"]
+    link = put_in_cache(offline, *FILE_512, data)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(offline))  # where the CLI's default cache is looked up
+    monkeypatch.setitem(hub.WEIGHTS, "adm_imagenet512", tiny_entry("adm_imagenet512", data))
+    assert cli.main(["download", "--names", "adm_imagenet512"]) == 0
+    assert capsys.readouterr().out == f"adm_imagenet512\t{link}\n"

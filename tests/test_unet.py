@@ -151,7 +151,6 @@ def test_from_guided_diffusion_use_checkpoint_enables_grad_checkpointing():
     ("kwargs", "field"),
     [
         ({"num_chanels": 64}, "num_chanels"),
-        ({"class_cond": True}, "class_cond"),
         ({"use_new_attention_order": True}, "use_new_attention_order"),
         ({"image_size": 100}, "channel_mult"),
     ],

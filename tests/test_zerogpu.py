@@ -251,7 +251,10 @@ def test_front_matter_preloads_every_weight_file_and_pins_zero_gpu_versions():
             break
         repo, files = line[4:].split(" ")
         preload |= {(repo, f) for f in files.split(",")}
-    assert preload == {(w.repo_id, w.filename) for w in WEIGHTS.values()}
+    # Every file but the opt-in ones: the 2.24 GB class-conditional 512 UNet is the documented exception.
+    assert preload == {(w.repo_id, w.filename) for w in WEIGHTS.values() if not w.opt_in}
+    assert [w.name for w in WEIGHTS.values() if w.opt_in] == ["adm_imagenet512"]
+    assert ("omriav/blended-diffusion", "checkpoints/512x512_diffusion.pt") not in preload
     assert 'python_version: "3.12"' in lines
     requirements = (REPO / "requirements.txt").read_text().splitlines()
     assert "torch==2.11.0" in requirements and "torchvision==0.26.0" in requirements
