@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -295,7 +296,7 @@ def test_translate_float32_matches_reference(ref):
                               builders=dict(unet=lambda: unet, vit=lambda: vit.vit, clip=None, arcface=None))
     src, trg = (Image.fromarray(ref[f"short.input.{k}_u8"].permute(1, 2, 0).numpy()) for k in ("src", "trg"))
     [result] = dsct.translate(models, src, style=trg, config=agg_config(SHORT, size=32), seeds=[0])
-    ours = torch.from_numpy(__import__("numpy").asarray(result.image).copy()).permute(2, 0, 1).double()
+    ours = torch.from_numpy(np.asarray(result.image).copy()).permute(2, 0, 1).double()
     theirs = (ref["short.asym.final"][0].clamp(-1, 1) * 0.5 + 0.5) * 255
     diff = (ours - theirs).abs().max().item()
     assert diff <= 0.5 + 0.05, f"8-bit result off the reference by {diff:.3g} levels"
