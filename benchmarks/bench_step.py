@@ -16,6 +16,7 @@ Examples:
   python benchmarks/bench_step.py --size tiny --mode text image --batch 1 4 --steps 10
   python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --batch 1 4 --full-run
   python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --capture cuda-graph --compare-capture
+  python benchmarks/bench_step.py --size tiny --mode text image --batch 1 4 --no-steps --agg-counts --agg-image-size 64
 
 --capture runs every step as ``ModelConfig.step_capture`` says (dsct.capture): eager, one CUDA graph
 per shape, or the whole step compiled. The first measured row's ``first_step_seconds`` includes the
@@ -26,6 +27,7 @@ Python hooks), so they are left out (null) under the other modes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import platform
@@ -56,7 +58,7 @@ from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
 from dsct.pipeline import prepare_images, schedule_for, translate  # noqa: E402
 from dsct.diffusion import model_timesteps, p_mean_variance  # noqa: E402
-from dsct.sampler import StepEvent, sample_guided  # noqa: E402
+from dsct.sampler import StepEvent, ddim_invert, sample_agg, sample_guided  # noqa: E402
 from dsct.unet import MODEL_CONFIGS, UNet, build_unet  # noqa: E402
 from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
 
@@ -406,6 +408,98 @@ def bench_full_run(models: Models, mode: str, batch: int, *, source: Image.Image
     )
 
 
+# --- AGG work (SPEC-AGG §9) ------------------------------------------------------------------
+
+# SPEC-AGG §9 at the defaults (respacing "100", skip 40, t_edit 20, n_cuts 8), written out from its table
+SPEC_AGG_9 = dict(inversion_forwards=60, guided_steps=19, plain_steps=41, vit_per_guided_step_image=1,
+                  clip_views_with_grad=8, clip_views_without_grad=8)
+
+
+def _nonzero(counts: Counter) -> dict:
+    return {k: v for k, v in sorted(counts.items()) if v}
+
+
+def _step_groups(steps: list[tuple[int, Counter]]) -> list[dict]:
+    """Consecutive steps that ran the same work, as {first_i, last_i, steps, work per step}."""
+    groups: list[dict] = []
+    for i, counts in steps:
+        work = _nonzero(counts)
+        if groups and groups[-1]["per_step"] == work:
+            groups[-1]["last_i"], groups[-1]["steps"] = i, groups[-1]["steps"] + 1
+        else:
+            groups.append(dict(first_i=i, last_i=i, steps=1, per_step=work))
+    return groups
+
+
+def count_agg(models: Models, mode: str, batch: int, *, source: Image.Image, style: Image.Image,
+              config: TranslationConfig | None = None) -> dict:
+    """AGG's work, counted by hooks on the real modules: per source and per step, then one whole translate.
+
+    The phases run the library's pieces in the pipeline's order (``ddim_invert``, ``build_guide``,
+    ``sample_agg`` with a step callback); the whole ``translate`` of the same request is counted
+    separately, and ``scoring`` is what it ran beyond those phases (the ranking of the finished samples).
+    Counts are calls (``forward``: one per batched call) and images (``images``: samples in those calls);
+    ``*_grad`` are the forwards that kept a graph. ``config``: default the mode's AGG preset.
+    """
+    config = config or preset(mode, method="agg")
+    config = dataclasses.replace(config, samples=batch)
+    device, text_mode = models.device, mode == "text"
+    schedule = schedule_for(config.steps)
+    x_src, x_style, _ = prepare_images(config, source, style if not text_mode else None, device)
+    texts = dict(text=TEXT, source_text=SOURCE_TEXT) if text_mode else dict(text=None, source_text=None)
+    steps: list[tuple[int, Counter]] = []
+    with watch_models(models) as counter:
+        inversion = ddim_invert(models.unet, schedule, x_src, config.t_start)
+        stage_a = counter.snapshot()
+        counter.reset()
+        guide = build_guide(config, schedule, x_src, vit=models.vit, clip=models.clip if text_mode else None,
+                            style=x_style, inversion=inversion, **texts)
+        fixed = counter.snapshot()
+        counter.reset()
+
+        def on_step(event: StepEvent) -> None:
+            steps.append((event.i, counter.snapshot()))
+            counter.reset()
+
+        sample_agg(models.unet, guide.schedule, guide, guide.fixed.inv_start,
+                   [torch.Generator().manual_seed(k) for k in range(batch)], callback=on_step)
+        loop = sum((c for _, c in steps), Counter())
+        counter.reset()
+        translate(models, source, style=style if not text_mode else None, config=config, **texts)
+        whole = counter.snapshot()
+    scoring = whole - stage_a - fixed - loop  # Counter subtraction drops what is not positive
+    unaccounted = (stage_a + fixed + loop) - whole  # work the pieces ran but translate did not: should be empty
+    groups = _step_groups(steps)
+    guided = [g for g in groups if g["per_step"].get("unet.forward_grad")]
+    clip_names = models.clip.names if models.clip is not None and text_mode else ()
+    return dict(
+        method="agg", mode=mode, batch=batch, steps=config.steps, skip=config.skip, t_edit=config.t_edit,
+        t_boost=config.t_boost, n_cuts=config.n_cuts,
+        # per source
+        inversion_unet_forwards=stage_a["unet.forward"], inversion_unet_forwards_grad=stage_a["unet.forward_grad"],
+        inversion_unet_images=stage_a["unet.images"],
+        fixed_vit_forwards=fixed["vit.forward"], fixed_unet_forwards=fixed["unet.forward"],
+        fixed_clip_images_per_model={n: fixed[f"clip:{n}.images"] for n in clip_names},
+        # per sample (loop): calls are batched, so a sample's forwards are images / batch
+        loop_unet_forwards=loop["unet.forward"], loop_unet_forwards_grad=loop["unet.forward_grad"],
+        loop_unet_backwards=loop["unet.backward"],
+        per_sample_unet_forwards=_per_step(loop["unet.images"], batch),
+        per_sample_unet_forwards_grad=_per_step(loop["unet.images_grad"], batch),
+        guided_steps=sum(g["steps"] for g in guided), plain_steps=sum(g["steps"] for g in groups if g not in guided),
+        loop_vit_forwards=loop["vit.forward"], loop_vit_forwards_grad=loop["vit.forward_grad"],
+        loop_vit_backwards=loop["vit.backward"],
+        loop_clip_per_model={n: dict(images_grad=loop[f"clip:{n}.images_grad"],
+                                     images_no_grad=loop[f"clip:{n}.images"] - loop[f"clip:{n}.images_grad"],
+                                     backward=loop[f"clip:{n}.backward"]) for n in clip_names},
+        step_groups=groups,
+        scoring=_nonzero(scoring),
+        translate_unet_forwards=whole["unet.forward"], translate_unet_images=whole["unet.images"],
+        translate_unet_backwards=whole["unet.backward"],
+        pieces_not_in_translate=_nonzero(unaccounted),
+        params_with_grad=params_with_grad(models)[0],
+    )
+
+
 # --- command line --------------------------------------------------------------------------
 
 
@@ -457,6 +551,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--restarts", action="store_true",
                    help="keep range restarts on in --full-run (off by default: random weights trigger them spuriously)")
     p.add_argument("--no-steps", action="store_true", help="skip the step benchmark (only --full-run)")
+    p.add_argument("--agg-counts", action="store_true",
+                   help="also count AGG's work (SPEC-AGG §9) per --mode and --batch at its preset: Stage A per source, "
+                        "each step, scoring, and one whole translate (hooks only; size-independent counts)")
+    p.add_argument("--agg-image-size", type=int, default=None, metavar="PX",
+                   help="with --agg-counts: working size instead of the preset's 256 (the counts do not depend on it)")
     return p.parse_args(argv)
 
 
@@ -472,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     modes = [] if args.no_steps else list(dict.fromkeys(args.mode))
     full_modes = ["text", "image"] if args.full_run else []
-    needs_clip = "text" in modes + full_modes
+    agg_modes = list(dict.fromkeys(args.mode)) if args.agg_counts else []
+    needs_clip = "text" in modes + full_modes + agg_modes
     clip_names = tuple(args.clip_models or OPENAI_MODELS) if needs_clip else None
 
     start = time.perf_counter()
@@ -516,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         for batch in args.batch:
             row = bench_full_run(models, mode, batch, source=source, style=style, restarts=args.restarts)
             print(json.dumps(dict(common, mode=mode, batch=batch, **row)), flush=True)
+    for mode in agg_modes:
+        for batch in args.batch:
+            sized = {} if args.agg_image_size is None else dict(size=args.agg_image_size, max_long_side=args.agg_image_size)
+            row = count_agg(models, mode, batch, source=source, style=style, config=preset(mode, method="agg", **sized))
+            print(json.dumps(dict(common, **row, spec_agg_9=SPEC_AGG_9)), flush=True)
     return 0
 
 

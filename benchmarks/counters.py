@@ -37,7 +37,9 @@ def _batch(args: tuple) -> int:
 class WorkCounter:
     """Forward calls, images and backward passes of named modules; ``counts`` is a Counter.
 
-    Keys: ``<name>.forward``, ``<name>.images``, ``<name>.backward``. Use as a context manager
+    Keys: ``<name>.forward``, ``<name>.images``, ``<name>.backward``, and ``<name>.forward_grad`` /
+    ``<name>.images_grad`` for the forwards whose outputs need a gradient (the rest ran without grad,
+    e.g. under ``torch.no_grad``). Use as a context manager
     (or call ``remove``) so the hooks do not outlive the measurement.
     """
 
@@ -52,6 +54,8 @@ class WorkCounter:
             self.counts[f"{name}.images"] += _batch(args)
             needs_grad = [t for t in tree_leaves(out) if isinstance(t, Tensor) and t.requires_grad]
             if needs_grad:
+                self.counts[f"{name}.forward_grad"] += 1  # this forward keeps a graph: a backward may follow
+                self.counts[f"{name}.images_grad"] += _batch(args)
                 torch.autograd.graph.register_multi_grad_hook(needs_grad, on_backward, mode="any")
 
         def on_backward(grad: Tensor) -> None:

@@ -12,12 +12,12 @@ budget=${2:-450}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$SECONDS
-bench() {  # bench SECONDS ARGS...
-  local limit=$1; shift
+bench() {  # [SCRIPT=bench_methods] bench SECONDS ARGS...   (default script: bench_step)
+  local limit=$1 script=${SCRIPT:-bench_step}; shift
   local left=$((budget - (SECONDS - start)))
   if (( limit > left )); then echo "-- skipped (${left}s left, needs ${limit}s): $*" >&2; return; fi
   echo "== $*" >&2
-  timeout "$limit" python3 benchmarks/bench_step.py --size full --device cuda "$@" >>"$out/gpu.jsonl" 2>>"$out/gpu.err" \
+  timeout "$limit" python3 "benchmarks/$script.py" --size full --device cuda "$@" >>"$out/gpu.jsonl" 2>>"$out/gpu.err" \
     || echo "!! exit $? after ${limit}s limit: $*" >&2
 }
 B="--steps 5 --warmup 2"
@@ -32,10 +32,16 @@ bench 150 --dtype bf16 --mode text image --batch 1 4 $B --graph --compare-captur
 bench 90 --dtype bf16 --batch 1 --full-run --no-steps --graph
 bench 60 --dtype bf16 --mode text image --batch 1 4 $B --profile
 bench 90 --dtype bf16 --batch 1 --full-run --no-steps
+# 1b. AGG beside DiffuseIT: whole default translations of both methods on the same models (eager steps),
+#     1 and 4 samples, with the ratios AGG / DiffuseIT; one call per mode so that one mode's rows survive the other
+SCRIPT=bench_methods bench 100 --dtype bf16 --mode text --samples 1 4
+SCRIPT=bench_methods bench 70 --dtype bf16 --mode image --samples 1 4
 # 2. the kernel reductions on top of graphs (the compiled step: "compile", a call of its own)
 bench 50 --dtype bf16 --batch 1 4 $B --graph --fold-bn --native-groupnorm --plain-attention --compare-capture
 # 3. the older variants, if time is left
 bench 40 --dtype bf16 --batch 1 4 $B --grad-checkpointing
 bench 40 --dtype fp16 --batch 1 4 $B --graph
 bench 40 --dtype bf16 --batch 1 $B --channels-last --cudnn-benchmark
+# 4. AGG's work at full size (SPEC-AGG §9; the same counts as the tiny models', a check that the hooks agree)
+bench 60 --dtype bf16 --mode text image --batch 1 --no-steps --agg-counts
 echo "suite: $((SECONDS - start))s of ${budget}s" >&2
