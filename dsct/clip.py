@@ -291,15 +291,17 @@ class ClipEnsemble(nn.Module):
         theta = _view_theta(_center_params(b, h, w), h / w).to(x01.device).view(b, 1, 2, 3)
         return [self._encode(i, _render(x01, theta, size)) for i, size in enumerate(self.input_sizes)]
 
-    def text_directions(self, target_text: str, source_text: str, src_x01: Tensor) -> list[Tensor]:
+    def text_directions(self, target_text: str, source_text: str, src_x01: Tensor,
+                        image: list[Tensor] | None = None) -> list[Tensor]:
         """Per model the target direction d_m (D_m,) of SPEC §4.
 
         Args:
             src_x01: source image (1,3,H,W) in [0,1].
+            image: its ``center_embeddings`` where the caller needs them too (AGG's ℓ_0): encoded once.
         """
         if src_x01.ndim != 4 or src_x01.shape[0] != 1:
             raise ValueError(f"src_x01 must have shape (1, 3, H, W), got {tuple(src_x01.shape)}")
-        image = self.center_embeddings(src_x01)
+        image = self.center_embeddings(src_x01) if image is None else image
         directions = []
         for i in range(len(self.models)):
             e_t, e_s = self._text_embeddings(i, [target_text, source_text])

@@ -293,15 +293,16 @@ def build_guide(
     schedule = schedule.to(src.device)  # read inside every step: keep it where the step runs
     src_feats = vit_features(vit, src)
     trg_cls = vit_features(vit, style).cls if style is not None else None
-    directions = None
+    directions = src_clip_loss = None
     if config.mode == "text" and clip is not None and config.lambda_clip > 0:
         src01 = (src * 0.5 + 0.5).to(model_dtype(clip))
-        directions = [d.float() for d in clip.text_directions(text or "", source_text or "", src01)]
+        if config.method == "agg":  # SPEC-AGG §7.4: ℓ_0, the source itself, no views; its embedding serves d_m too
+            src_embeds = clip.center_embeddings(src01)
+            directions = [d.float() for d in clip.text_directions(text or "", source_text or "", src01, src_embeds)]
+            src_clip_loss = losses.clip_direction_loss([e.float() for e in src_embeds], directions)
+        else:
+            directions = [d.float() for d in clip.text_directions(text or "", source_text or "", src01)]
     identity = _identity(arcface, src) if arcface is not None and config.lambda_id > 0 else None
-    src_clip_loss = None
-    if config.method == "agg" and directions is not None:  # SPEC-AGG §7.4: ℓ_0, the source itself, no views
-        src_embeds = [e.float() for e in clip.center_embeddings((src * 0.5 + 0.5).to(model_dtype(clip)))]
-        src_clip_loss = losses.clip_direction_loss(src_embeds, directions)
     inv_start, inv_x0 = inversion if inversion is not None else (None, None)
     fixed = FixedFeatures(
         src=src, src_keys=src_feats.keys, src_self_sim=src_feats.self_sim, src_cls=src_feats.cls,

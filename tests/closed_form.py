@@ -59,7 +59,7 @@ class SpyClip(nn.Module):
         self.anchor = nn.Parameter(torch.zeros(()), requires_grad=False)
         self.seen: list[torch.Tensor] = []
 
-    def text_directions(self, target_text, source_text, src_x01):
+    def text_directions(self, target_text, source_text, src_x01, image=None):
         return [self.direction]
 
     @staticmethod

@@ -72,8 +72,8 @@ def _check(row: dict, m, mode: str, batch: int, *, inversion: int, guided: int, 
             assert guided_step[f"clip:{name}.backward"] == 1
             assert row["loop_clip_per_model"][name] == dict(
                 images_grad=guided * N_CUTS * batch, images_no_grad=guided * N_CUTS * batch, backward=guided)
-            # per source: e_I0 for d_m (§7.3) and again for ℓ_0 (§7.4): the same centre view encoded twice
-            assert row["fixed_clip_images_per_model"][name] == 2
+            # per source: the centre view e_I0, encoded once for d_m (§7.3) and ℓ_0 (§7.4)
+            assert row["fixed_clip_images_per_model"][name] == 1
         assert row["fixed_vit_forwards"] == 1  # the source's features, for the content score only
     # the whole translate: Stage A once + the batched loop, then ranking (one ViT pass per sample, §2)
     assert row["translate_unet_forwards"] == inversion + guided + plain

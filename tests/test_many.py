@@ -38,7 +38,7 @@ def _text_guide(src, text, clip):
 class TextClip(SpyClip):
     """A direction per target text, so two images' directions differ."""
 
-    def text_directions(self, target_text, source_text, src_x01):
+    def text_directions(self, target_text, source_text, src_x01, image=None):
         return [torch.tensor({"tiger": [1.0, 0.0, 0.0], "zebra": [0.0, 1.0, 0.0]}[target_text])]
 
 
