@@ -237,7 +237,9 @@ def test_a_portrait_shows_whole_and_the_progress_ends_at_the_users_step_count(se
         _field(page, W["text"], "input[type=text], textarea").fill("Sunset")
         page.get_by_role("button", name="Translate").first.click()
         slider = page.locator(".dsct-whole:visible").first
-        page.wait_for_function("el => el.querySelectorAll('img').length >= 2", arg=slider.element_handle())
+        page.wait_for_function("el => { const imgs = [...el.querySelectorAll('img')]; "  # both drawn, not just placed
+                               "return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+                               arg=slider.element_handle())
         # the part of each slider image that is drawn: its content box (object-fit) clipped by the slider
         shown = slider.evaluate("""root => [...root.querySelectorAll('img')].map(img => {
             const box = img.getBoundingClientRect(), frame = root.getBoundingClientRect(), fit = getComputedStyle(img).objectFit;
