@@ -19,7 +19,7 @@ __all__ = [
     "CLIP_CHOICES", "ModelConfig", "TranslationConfig", "PRESETS", "preset", "validate",
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
-    "Method", "AGG_TEXT_PRESET", "AGG_IMAGE_PRESET", "AGG_FACES_PRESET", "AGG_PRESETS", "AGG_ONLY", "DIFFUSEIT_ONLY",
+    "Method", "AGG_TEXT_PRESET", "AGG_IMAGE_PRESET", "AGG_FACES_PRESET", "AGG_PRESETS", "AGG_ONLY", "DIFFUSEIT_ONLY", "unread_by",
 ]
 
 Mode = Literal["text", "image"]
@@ -159,7 +159,7 @@ class TranslationConfig:
     @property
     def weights(self) -> dict[str, float]:
         """Loss name -> weight of the losses this method reads, the keys ``losses.weighted_sum`` and the guide use."""
-        unread = AGG_ONLY if self.method == "diffuseit" else DIFFUSEIT_ONLY
+        unread = unread_by(self.method)
         return {f.name.removeprefix("lambda_"): getattr(self, f.name) for f in fields(self)
                 if f.name.startswith("lambda_") and f.name not in unread}
 
@@ -192,6 +192,12 @@ DIFFUSEIT_ONLY: tuple[str, ...] = ("resample_repeats", "divergence_until", "rang
                                    "restart_threshold", "lambda_ssim", "lambda_contra", "lambda_div")
 AGG_ONLY: tuple[str, ...] = ("eta_edit", "eta", "eta_boost", "t_edit", "t_boost", "lambda_gt", "inner_iters",
                              "inner_lr", "symmetric")
+
+
+def unread_by(method: str) -> tuple[str, ...]:
+    """The settings ``method`` does not read (the other method's own ones)."""
+    return AGG_ONLY if method == "diffuseit" else DIFFUSEIT_ONLY
+
 MAX_GUIDED_EVALUATIONS = 5000  # steps after skip plus repeats: bounds the work one call can ask for
 
 
@@ -261,9 +267,9 @@ def _validate_models(cfg: ModelConfig) -> None:
 
 def _check_unread(cfg: TranslationConfig) -> None:
     """Refuse a setting the chosen method does not read when it differs from its field default."""
-    unread, other = (AGG_ONLY, "agg") if cfg.method == "diffuseit" else (DIFFUSEIT_ONLY, "diffuseit")
+    other = "agg" if cfg.method == "diffuseit" else "diffuseit"
     defaults = {f.name: f.default for f in fields(cfg)}
-    for name in unread:
+    for name in unread_by(cfg.method):
         if getattr(cfg, name) != defaults[name]:
             raise ConfigError(name, getattr(cfg, name), f"{defaults[name]!r} (its default) with method={cfg.method!r}: "
                               f"only method={other!r} reads it")

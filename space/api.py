@@ -16,18 +16,17 @@ import gradio as gr
 from PIL import Image
 
 from dsct import ConfigError, DSCTError, ImageError, preset
-from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, Mode
+from dsct.config import Mode, unread_by
 
 from . import planning
 from .planning import Plan, cost, make_plan, settings, work_size
 from .results import gallery_rows
-from .words import COMPACT_HELP, SETTINGS, describe, missing_inputs, page_message, stopped_line
+from .words import (
+    COMPACT_HELP, NOT_INPUTS, SETTINGS, describe, missing_inputs, missing_message, page_message, stopped_line,
+)
 from .worker import LAST_STEPS, Done, Step, stream, user_error
 
 log = logging.getLogger("dsct.app")
-
-
-NOT_INPUTS = frozenset({"progress", "request"})  # a handler's parameters that gradio fills, not the caller
 
 
 def session_of(request: gr.Request | None) -> str | None:
@@ -151,7 +150,7 @@ def compact_request(values: Mapping[str, Any]) -> tuple[Mode, dict[str, Any]]:
     if method == "agg" and choice == "fast":
         raise ConfigError("preset", choice, "'default' or 'full' with method='agg': AGG has one preset (it is the "
                           "faster method already)")
-    unread = AGG_ONLY if method == "diffuseit" else DIFFUSEIT_ONLY
+    unread = unread_by(method)
     base = preset(mode, method=method, fast=choice in ("default", "fast") and method == "diffuseit",
                   generator=values.get("generator"), **{k: v for k, v in COMPACT_DEFAULTS.items() if k not in unread})
     chosen = {f: getattr(base, f) for f in SETTINGS if f != "mode"}
@@ -234,16 +233,17 @@ def prepare_run(mode: Mode, randomize: bool, seed: Any, *values: Any) -> tuple[A
     values_by_name = {**dict(zip(handler_inputs(mode), values)), "seed": seed}
     missing = missing_inputs(mode, values_by_name)
     try:
-        if missing:
-            raise ConfigError(missing[0], values_by_name.get(missing[0]), "given")
-        make_plan(mode, values_by_name)
+        message = missing_message(missing) if missing else None
+        if message is None:
+            make_plan(mode, values_by_name)
     except DSCTError as e:
-        message = page_message(e, missing)
-        gr.Warning(message)
-        return seed, f"**⚠ {message}**", gr.update(interactive=False)
+        message = page_message(e)
     except Exception:  # noqa: BLE001 — the validator reports what could not be checked
         return seed, "", gr.update(interactive=False)
-    return seed, "", gr.update(interactive=True)
+    if message is None:
+        return seed, "", gr.update(interactive=True)
+    gr.Warning(message)
+    return seed, f"**⚠ {message}**", gr.update(interactive=False)
 
 
 def stopped_note(request: gr.Request | None = None) -> tuple[str, Any]:
@@ -253,9 +253,9 @@ def stopped_note(request: gr.Request | None = None) -> tuple[str, Any]:
 
 
 describe(translate_photo, "Translate a photo toward a target text or the look of a style image, keeping its "
-         "layout (DiffuseIT or AGG).", "(gallery, info): the pictures best first with captions, and JSON with the mode, "
-         "the method, the seeds and each result's scores (content: lower keeps more of the layout; target: higher is closer)",
-         COMPACT_HELP)
+         "layout (DiffuseIT or AGG).", "(gallery, info): the pictures best first with captions, and JSON with the "
+         "mode, the method, the seeds and each result's scores (content: lower keeps more of the layout; target: "
+         "higher is closer)", COMPACT_HELP)
 describe(translate_text, "Translate a photo toward a target text, keeping its layout (DiffuseIT or AGG).",
          "(results, previews): the pictures best first, captioned with seed and scores; x̂0 previews while running")
 describe(translate_image, "Translate a photo toward the look of a style image, keeping its layout "

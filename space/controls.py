@@ -9,9 +9,9 @@ from typing import Any
 import gradio as gr
 
 from dsct import TranslationConfig, preset
-from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, RANGES
+from dsct.config import RANGES
 
-from .words import FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS
+from .words import FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS, unread_inputs
 
 # Sliders stop where hand-tuning stops (the SPEC §5 weights are at most 3000); the API may send
 # anything in config.RANGES, and TranslationConfig, not the slider, decides what is valid.
@@ -100,7 +100,7 @@ def config_values(config: TranslationConfig, names: Sequence[str]) -> list[Any]:
 
 def shown(name: str, method: str, generator: str) -> bool:
     """Whether a setting's control is shown: only those that do something with this method and generator."""
-    if name in (AGG_ONLY if method == "diffuseit" else DIFFUSEIT_ONLY) or (name == "resampling" and method == "agg"):
+    if name in unread_inputs(method):
         return False
     return name != "lambda_id" or generator == "ffhq"
 

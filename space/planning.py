@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from dsct import ConfigError, Models, TranslationConfig, budget, preset
-from dsct.config import AGG_ONLY, DIFFUSEIT_ONLY, Mode
+from dsct.config import Mode
 from dsct.images import working_size
 from dsct.pipeline import check_request
 
-from .words import SETTINGS
+from .words import SETTINGS, unread_inputs
 
 # The Space sets SPACES_ZERO_GPU (the variable the spaces package itself reads).
 ON_ZERO_GPU = os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
@@ -146,7 +146,7 @@ def settings(mode: str, values: Mapping[str, Any]) -> dict[str, Any]:
     applies. Set to anything else it stays, and the config refuses it by name.
     """
     method = values.get("method", "diffuseit")
-    unread = DIFFUSEIT_ONLY + ("resampling",) if method == "agg" else AGG_ONLY
+    unread = unread_inputs(method)
     start = ENDPOINT_DEFAULTS.get(mode, {})
     values = {n: v for n, v in values.items() if not (n in unread and n in start and v == start[n])}
     chosen = {name: value for name, value in values.items() if name in SETTINGS}

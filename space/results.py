@@ -58,10 +58,6 @@ def before_after(source: str | None, gallery: Any, index: int = 0) -> tuple[Imag
     return before, after
 
 
-def selected_index(event: gr.SelectData) -> int:
-    return event.index
-
-
 def show_selected(source: str | None, gallery: Any, event: gr.SelectData) -> tuple[int, Any]:
     """A click on a result: remember it (for "use as the source") and show it in the before/after slider."""
     return event.index, before_after(source, gallery, event.index)

@@ -14,9 +14,10 @@ from typing import Any
 import gradio as gr
 
 from dsct import Models, TranslationConfig, budget
-from dsct.config import MAX_SAMPLES, RANGES, format_range
+from dsct.config import MAX_SAMPLES, RANGES, format_range, unread_by
 
 SETTINGS = {f.name: f for f in dataclasses.fields(TranslationConfig)}  # every setting, by name
+NOT_INPUTS = frozenset({"progress", "request"})  # a handler's parameters that gradio fills, not the caller
 CPU_FORWARD_S = 25  # README: one forward of the real 552M UNet on a 2-core CPU
 
 GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet", "ffhq": "Faces"}
@@ -140,7 +141,7 @@ def api_help(name: str) -> str:
 def describe(handler: Callable[..., Any], summary: str, returns: str, helps: Mapping[str, str] = {}) -> None:
     """Give a handler the ``Args:`` docstring gradio reads for its MCP tool, one line per parameter
     (``helps`` overrides the words of WORDS where a parameter means something else there)."""
-    names = [p for p in inspect.signature(handler).parameters if p not in ("progress", "request")]
+    names = [p for p in inspect.signature(handler).parameters if p not in NOT_INPUTS]
     args = "\n".join(f"    {n}: {helps.get(n) or api_help(n)}" for n in names)
     handler.__doc__ = f"{summary}\n\nArgs:\n{args}\n\nReturns:\n    {returns}"
 
@@ -172,13 +173,22 @@ def join_words(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else f"{', '.join(parts[:-1])} and {parts[-1]}"
 
 
-def page_message(error: Exception, missing: list[str] = ()) -> str:
-    """A refusal as the page says it, beside the button: what to add or change, in the controls' words.
+def unread_inputs(method: str) -> tuple[str, ...]:
+    """A handler's inputs ``method`` does not read: its unread settings, and with AGG DiffuseIT's
+    resampling toggle."""
+    return unread_by(method) + (("resampling",) if method == "agg" else ())
+
+
+def missing_message(missing: list[str]) -> str:
+    """The required inputs left empty, named together in the page's words."""
+    return f"Add {join_words([MISSING[n] for n in missing])}."
+
+
+def page_message(error: Exception) -> str:
+    """A refusal as the page says it, beside the button: what to change, in the controls' words.
 
     The API keeps the library's precise wording (which names the parameter); this is for people.
     """
-    if missing:
-        return f"Add {join_words([MISSING[n] for n in missing])}."
     text = str(error)
     field = getattr(error, "field", None)
     if field in WORDS and hasattr(error, "allowed"):

@@ -23,15 +23,17 @@ from space import planning, worker  # noqa: E402
 from space.api import stopped_note  # noqa: E402
 from space.controls import preset_updates  # noqa: E402
 from space.results import before_after, caption, mirror_photo  # noqa: E402
-from space.words import FACES_NOTE, clock, missing_inputs, page_message, progress_line  # noqa: E402
+from space.words import (  # noqa: E402
+    FACES_NOTE, clock, missing_inputs, missing_message, page_message, progress_line,
+)
 
 
 def test_missing_inputs_are_named_together_in_page_order():
     empty = dict(source=None, source_text="  ", text="")
     assert missing_inputs("text", empty) == ["source", "source_text", "text"]
-    assert page_message(ImageError("no source image was given"), missing_inputs("text", empty)) == (
+    assert missing_message(missing_inputs("text", empty)) == (
         "Add a photo to translate, what the photo shows (e.g. 'Cat') and what it should become (e.g. 'Black Leopard').")
-    assert page_message(ImageError("x"), missing_inputs("text", dict(source="a.png", source_text="Cat", text=" "))) == (
+    assert missing_message(missing_inputs("text", dict(source="a.png", source_text="Cat", text=" "))) == (
         "Add what it should become (e.g. 'Black Leopard').")
     assert missing_inputs("image", dict(source="a.png", style=None)) == ["style"]
     assert missing_inputs("image", dict(source="a.png", style="b.png")) == []
