@@ -104,6 +104,8 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
                 controls["generator"] = ConfigDropdown(
                     [(GENERATOR_LABELS[g], g) for g in generators], value=generators[0], label=WORDS["generator"][0],
                     interactive=len(generators) > 1, scale=1, min_width=110)
+            controls["class_label"] = control("class_label", value["class_label"], mode=mode,
+                                              visible=shown("class_label", initial.method, generators[0]))
             note = gr.Markdown(elem_classes="dsct-note")
             with gr.Row(equal_height=True):
                 run = gr.Button("Translate", variant="primary", scale=2)
@@ -213,7 +215,7 @@ def build_compact_api(defaults: Mapping[str, Any] | None, generators: Sequence[s
                   with_example(gr.Textbox(value=""), "Cat"), with_example(ImageInput(type="filepath"), None),
                   ConfigRadio(list(COMPACT_PRESETS), value="default"), ConfigNumber(value=1, precision=0),
                   ConfigNumber(value=-1, precision=0), ConfigRadio(list(GENERATOR_LABELS), value=generators[0]),
-                  ConfigRadio(list(METHOD_LABELS), value="diffuseit")]
+                  ConfigRadio(list(METHOD_LABELS), value="diffuseit"), with_example(gr.Textbox(value="random"), "random")]
         for name, component in zip(COMPACT_INPUTS, inputs):
             component.label = name  # hidden: the label only names the parameter on the API page
         inputs = [described(c, COMPACT_HELP.get(n) or api_help(n)) for n, c in zip(COMPACT_INPUTS, inputs)]
@@ -275,8 +277,9 @@ def build_demo(models: Mapping[str, Models], *, defaults: Mapping[str, Any] | No
 
 # --- loading and main ----------------------------------------------------------------------
 
+DEFAULT_GENERATORS = "imagenet ffhq"  # the ImageNet 512 model is opt-in (README: Weights)
 TINY_DEFAULTS: dict[str, Any] = dict(steps=20, skip=10, divergence_until=5, resample_repeats=2, size=128,
-                                     max_long_side=192)  # a quick pass through the pipeline on a CPU
+                                     max_long_side=256)  # a quick pass through the pipeline on a CPU
 
 
 def get_models(generators: Sequence[str], *, tiny: bool, device: str | None = None,
@@ -306,14 +309,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--tiny", action="store_true", default=env_tiny,
                         help="tiny random models (also DSCT_TINY=1): tests the interface, the output is not meaningful")
-    parser.add_argument("--generators", nargs="+", default=list(get_args(GeneratorName)),
-                        choices=get_args(GeneratorName), help="diffusion models to offer")
+    parser.add_argument("--generators", nargs="+", default=os.environ.get("DSCT_GENERATORS", DEFAULT_GENERATORS).split(),
+                        choices=get_args(GeneratorName), help="diffusion models to offer (also DSCT_GENERATORS, e.g. "
+                        "'imagenet ffhq imagenet512'); imagenet512 is opt-in: its 2.2 GB file is not fetched by default")
     parser.add_argument("--device", type=torch.device, default=None,
                         help="torch device; default: CUDA when present, else CPU")
     parser.add_argument("--step-capture", default=os.environ.get("DSCT_STEP_CAPTURE", "eager"),
                         choices=get_args(StepCapture), help="how each guided step runs (also DSCT_STEP_CAPTURE; "
                         "README: Captured steps); compile is not available on ZeroGPU")
     args = parser.parse_args(argv)
+    if bad := [g for g in args.generators if g not in get_args(GeneratorName)]:  # argparse checks typed values only
+        parser.error(f"DSCT_GENERATORS: {', '.join(map(repr, bad))}: each one of {', '.join(get_args(GeneratorName))}")
     if args.step_capture not in get_args(StepCapture):  # a bad DSCT_STEP_CAPTURE: argparse checks only typed values
         parser.error(f"DSCT_STEP_CAPTURE={args.step_capture!r}: one of {', '.join(get_args(StepCapture))}")
     if args.device is not None and args.device.type == "cuda" and not torch.cuda.is_available():

@@ -17,6 +17,11 @@ Examples:
   python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --batch 1 4 --full-run
   python benchmarks/bench_step.py --size full --device cuda --dtype bf16 --capture cuda-graph --compare-capture
   python benchmarks/bench_step.py --size tiny --mode text image --batch 1 4 --no-steps --agg-counts --agg-image-size 64
+  python benchmarks/bench_step.py --size narrow --generator imagenet512 --mode text image --unet-flops
+
+--generator imagenet512 runs the class-conditional 512 model (SPEC §6) at its preset's 512 working size
+(a new random class per evaluation, as the default class rule); --unet-flops adds one forward's FLOP
+count of the 256 and the 512 UNet, each at its own size, counted on the meta device (no memory, no time).
 
 --capture runs every step as ``ModelConfig.step_capture`` says (dsct.capture): eager, one CUDA graph
 per shape, or the whole step compiled. The first measured row's ``first_step_seconds`` includes the
@@ -57,8 +62,8 @@ from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
 from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
 from dsct.pipeline import prepare_images, schedule_for, translate  # noqa: E402
-from dsct.diffusion import model_timesteps, p_mean_variance  # noqa: E402
-from dsct.sampler import StepEvent, ddim_invert, sample_agg, sample_guided  # noqa: E402
+from dsct.diffusion import p_mean_variance  # noqa: E402
+from dsct.sampler import StepEvent, ddim_invert, draw_classes, sample_agg, sample_guided, unet_out  # noqa: E402
 from dsct.unet import MODEL_CONFIGS, UNet, build_unet  # noqa: E402
 from dsct.vit import VIT_CONFIGS, build_vit  # noqa: E402
 
@@ -85,14 +90,18 @@ def _narrow_clip_model(name: str, device: torch.device) -> open_clip.CLIP:
     return model
 
 
-def _builders(size: str, clip_names: tuple[str, ...] | None, device: torch.device) -> dict:
+UNET_ARCH = {"imagenet": "imagenet256", "imagenet512": "imagenet512"}  # --generator → the real architecture
+
+
+def _builders(size: str, clip_names: tuple[str, ...] | None, device: torch.device, generator: str = "imagenet") -> dict:
     """Zero-argument builders for ``load_models(builders=...)``; networks are built on ``device``."""
+    arch = UNET_ARCH[generator]
     if size == "full":
-        unet = lambda: build_unet("imagenet256", device=device)  # noqa: E731
+        unet = lambda: build_unet(arch, device=device)  # noqa: E731
         vit = lambda: build_vit("dino_vitb8", device=device)  # noqa: E731
         clip = (lambda: build_clip_models(clip_names, device=device)) if clip_names else None
     else:
-        unet_cfg = dict(MODEL_CONFIGS["imagenet256"], num_channels=256 // NARROW)
+        unet_cfg = dict(MODEL_CONFIGS[arch], num_channels=256 // NARROW)
         vit_cfg = dict(VIT_CONFIGS["dino_vitb8"], embed_dim=768 // NARROW, num_heads=12 // NARROW)
         unet = lambda: UNet.from_guided_diffusion(**unet_cfg, device=device)  # noqa: E731
         vit = lambda: VisionTransformer(**vit_cfg, device=device)  # noqa: E731
@@ -104,7 +113,7 @@ def _builders(size: str, clip_names: tuple[str, ...] | None, device: torch.devic
 
 def build_models(
     size: str, device: torch.device, dtype: str, *, clip_names: tuple[str, ...] | None, grad_checkpointing: bool = False,
-    capture: str = "eager",
+    capture: str = "eager", generator: str = "imagenet",
 ) -> Models:
     """Models of one benchmark size through ``load_models`` (frozen, eval, compute dtype).
 
@@ -112,12 +121,12 @@ def build_models(
     """
     config = ModelConfig(
         tiny=size == "tiny", dtype=dtype, grad_checkpointing=grad_checkpointing, step_capture=capture,
-        load_clip=clip_names is not None, clip_models=clip_names or OPENAI_MODELS)
+        load_clip=clip_names is not None, clip_models=clip_names or OPENAI_MODELS, generator=generator)
     if size == "tiny":
         return load_models(config, device)
     with torch.random.fork_rng(devices=[torch.cuda.current_device()] if device.type == "cuda" else []):
         torch.manual_seed(BUILD_SEED)
-        return load_models(config, device, builders=_builders(size, clip_names, device))
+        return load_models(config, device, builders=_builders(size, clip_names, device, generator))
 
 
 def apply_speed_options(
@@ -246,12 +255,13 @@ def bench_steps(
     under torch.compile (the counting wrapper would be traced into the graph).
     """
     device = models.device
-    config = preset(mode)
+    config = preset(mode, generator=models.config.generator)
     schedule = schedule_for(config.steps)
     t_start = warmup + steps - 1
     if t_start >= schedule.num_steps:
         raise SystemExit(f"--steps + --warmup must be at most {schedule.num_steps} in {mode} mode")
-    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, device)
+    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, device,
+                                       models.unet.size_multiple)
 
     _reset_peak(device)
     eager = models.config.step_capture == "eager"
@@ -336,7 +346,8 @@ def bench_steps(
 
 
 def _guide_for(models: Models, mode: str, config: TranslationConfig, source: Image.Image, style: Image.Image):
-    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, models.device)
+    x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, models.device,
+                                       models.unet.size_multiple)
     guide = build_guide(
         config, schedule_for(config.steps), x_src, vit=models.vit, clip=models.clip if mode == "text" else None,
         style=x_style, text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None)
@@ -346,7 +357,7 @@ def _guide_for(models: Models, mode: str, config: TranslationConfig, source: Ima
 def compare_capture(models: Models, mode: str, *, source: Image.Image, style: Image.Image, steps: int = 10) -> dict:
     """The captured step against the eager one on the same inputs (batch 1): the cosine of one step's
     guidance shift σ²·g (guided minus unguided x_{t-1}, noise zero) and x̂0 after ``steps`` steps."""
-    config = preset(mode)
+    config = preset(mode, generator=models.config.generator)
     capture = models.config.step_capture
     x_src, guide = _guide_for(models, mode, config, source, style)
     g = torch.Generator().manual_seed(0)
@@ -355,11 +366,11 @@ def compare_capture(models: Models, mode: str, *, source: Image.Image, style: Im
     noise = torch.zeros_like(x)
     views = guide.draw_views([torch.Generator().manual_seed(1)], *x.shape[2:])
     state = guide.initial_state(1)
+    y = draw_classes(models.unet, [torch.Generator().manual_seed(3)], None, x.device)  # the 512 model's class
     with torch.no_grad():  # the unguided posterior mean: what x_{t-1} is with noise zero and no gradient
-        out = models.unet(x.to(models.dtype), model_timesteps(guide.schedule, i)).float()
-        base = p_mean_variance(guide.schedule, out, x, i).mean
+        base = p_mean_variance(guide.schedule, unet_out(models.unet, guide.schedule, x, i, y), x, i).mean
     shift = {name: step_function(name, models.unet, guide.schedule, guide, 1, compile_backend=COMPILE_BACKEND)(
-                 guide, x, i, noise, views, state).x_prev - base
+                 guide, x, i, noise, views, state, y).x_prev - base
              for name in ("eager", capture)}
     cosine = torch.nn.functional.cosine_similarity(shift["eager"].flatten().double(), shift[capture].flatten().double(), dim=0)
     x0 = {}
@@ -379,7 +390,7 @@ def compare_capture(models: Models, mode: str, *, source: Image.Image, style: Im
 def bench_full_run(models: Models, mode: str, batch: int, *, source: Image.Image, style: Image.Image, restarts: bool) -> dict:
     """One whole default translation (the mode's preset) through ``dsct.translate``, timed end to end."""
     device = models.device
-    config = preset(mode, samples=batch, range_restart=restarts)
+    config = preset(mode, samples=batch, range_restart=restarts, generator=models.config.generator)
     eager = models.config.step_capture == "eager"
     counter = watch_models(models) if eager else NoCounter()  # a replayed graph runs no hooks
     _reset_peak(device)
@@ -441,11 +452,12 @@ def count_agg(models: Models, mode: str, batch: int, *, source: Image.Image, sty
     Counts are calls (``forward``: one per batched call) and images (``images``: samples in those calls);
     ``*_grad`` are the forwards that kept a graph. ``config``: default the mode's AGG preset.
     """
-    config = config or preset(mode, method="agg")
+    config = config or preset(mode, method="agg", generator=models.config.generator)
     config = dataclasses.replace(config, samples=batch)
     device, text_mode = models.device, mode == "text"
     schedule = schedule_for(config.steps)
-    x_src, x_style, _ = prepare_images(config, source, style if not text_mode else None, device)
+    x_src, x_style, _ = prepare_images(config, source, style if not text_mode else None, device,
+                                       models.unet.size_multiple)
     texts = dict(text=TEXT, source_text=SOURCE_TEXT) if text_mode else dict(text=None, source_text=None)
     steps: list[tuple[int, Counter]] = []
     with watch_models(models) as counter:
@@ -503,6 +515,22 @@ def count_agg(models: Models, mode: str, batch: int, *, source: Image.Image, sty
 # --- command line --------------------------------------------------------------------------
 
 
+def unet_forward_tflop() -> dict[str, float]:
+    """TFLOP of one batch-1 forward of each real UNet at its own size (SPEC §6: 2.24 and 3.96), counted by
+    PyTorch's FlopCounterMode on the meta device, and their ratio."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for generator, side in (("imagenet", 256), ("imagenet512", 512)):
+        unet = build_unet(UNET_ARCH[generator], device="meta")
+        y = torch.zeros(1, dtype=torch.long, device="meta") if unet.num_classes else None
+        with FlopCounterMode(display=False) as flops:
+            unet(torch.zeros(1, 3, side, side, device="meta"), torch.zeros(1, device="meta"), *(() if y is None else (y,)))
+        out[generator] = round(flops.get_total_flops() / 1e12, 3)
+    out["ratio"] = round(out["imagenet512"] / out["imagenet"], 3)
+    return out
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -514,6 +542,10 @@ def machine(device: torch.device) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=("tiny", "narrow", "full"), default="tiny")
+    p.add_argument("--generator", choices=tuple(UNET_ARCH), default="imagenet",
+                   help="imagenet512: the class-conditional 512 model at its 512 working size (SPEC §6)")
+    p.add_argument("--unet-flops", action="store_true",
+                   help="also print one UNet forward's FLOPs, 256 model at 256² vs 512 model at 512² (meta device)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--mode", choices=("text", "image"), nargs="+", default=["text"], help="one JSON line per mode and batch")
@@ -584,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_capture and capture == "eager":
         raise SystemExit("--compare-capture compares --graph or --compile with eager steps: give one of them")
     models = build_models(args.size, device, args.dtype, clip_names=clip_names, grad_checkpointing=args.grad_checkpointing,
-                          capture=capture)
+                          capture=capture, generator=args.generator)
     apply_speed_options(models, channels_last=args.channels_last, compile_mode=args.compile_unet, fold_bn=args.fold_bn,
                         native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention)
     build_seconds = time.perf_counter() - start
@@ -592,13 +624,16 @@ def main(argv: list[str] | None = None) -> int:
     source = synthetic_image(args.width, args.height, seed=1)
     style = synthetic_image(args.width, args.height, seed=2).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     common = dict(
-        size=args.size, device=args.device, machine=machine(device), torch=torch.__version__, dtype=args.dtype,
+        size=args.size, generator=args.generator, device=args.device, machine=machine(device), torch=torch.__version__,
+        dtype=args.dtype,
         height=args.height, width=args.width, grad_checkpointing=args.grad_checkpointing,
         channels_last=args.channels_last, compile_unet=args.compile_unet, cudnn_benchmark=args.cudnn_benchmark,
         fold_bn=args.fold_bn, native_groupnorm=args.native_groupnorm, plain_attention=args.plain_attention,
         clip_models=list(models.clip.names) if models.clip is not None else [],
         build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
     )
+    if args.unet_flops:
+        print(json.dumps(dict(unet_forward_tflop=unet_forward_tflop())), flush=True)
     for mode in modes:
         for batch in args.batch:
             row = bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source, style=style,
@@ -619,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     for mode in agg_modes:
         for batch in args.batch:
             sized = {} if args.agg_image_size is None else dict(size=args.agg_image_size, max_long_side=args.agg_image_size)
-            row = count_agg(models, mode, batch, source=source, style=style, config=preset(mode, method="agg", **sized))
+            row = count_agg(models, mode, batch, source=source, style=style,
+                            config=preset(mode, method="agg", generator=args.generator, **sized))
             print(json.dumps(dict(common, **row, spec_agg_9=SPEC_AGG_9)), flush=True)
     return 0
 

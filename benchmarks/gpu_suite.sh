@@ -36,6 +36,9 @@ bench 90 --dtype bf16 --batch 1 --full-run --no-steps
 #     1 and 4 samples, with the ratios AGG / DiffuseIT; one call per mode so that one mode's rows survive the other
 SCRIPT=bench_methods bench 100 --dtype bf16 --mode text --samples 1 4
 SCRIPT=bench_methods bench 70 --dtype bf16 --mode image --samples 1 4
+# 1c. the ImageNet 512 generator (SPEC §6): seconds per step and peak memory at 512x512, eager, batch 1 and 2,
+#     with the FLOP count of both UNets (their ratio prices the 512 model in the ZeroGPU plan until measured)
+bench 90 --dtype bf16 --generator imagenet512 --width 512 --height 512 --mode text image --batch 1 2 $B --unet-flops
 # 2. the kernel reductions on top of graphs (the compiled step: "compile", a call of its own)
 bench 50 --dtype bf16 --batch 1 4 $B --graph --fold-bn --native-groupnorm --plain-attention --compare-capture
 # 3. the older variants, if time is left

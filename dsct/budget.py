@@ -10,6 +10,10 @@ AGG (SPEC-AGG §9) has three kinds of UNet pass: its inversion (no grad, once pe
 seconds price every pass as one guided evaluation of the mode, an upper bound (a plain pass has no
 backward and no CLIP/ViT loss), and its memory uses DiffuseIT's figures of the mode (its guided step runs
 fewer feature passes) plus the inversion kept per source.
+
+The 512 generator (SPEC §6) is priced from the SPEC's ratios until a run measures it: at its own 512²
+a whole text step ≈1.4× and an image step ≈1.6× the 256 model's at 256² (UNet forward 3.96 vs 2.24
+TFLOP; DINO and CLIP unchanged), and ≈2.5× the activations kept per sample for the backward.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from .sampler import agg_step_kind, evaluations_per_attempt
 __all__ = [
     "REFERENCE_PIXELS", "BATCH_SLOPE", "H100_STEP_SECONDS", "MEMORY_GB", "evaluations", "batch_factor",
     "pixel_factor", "StepSpeed", "run_seconds", "peak_memory_gb", "max_samples_that_fit", "AggWork", "agg_work",
-    "inversion_gb",
+    "inversion_gb", "GeneratorScale", "SCALES", "prior_speed",
 ]
 
 REFERENCE_PIXELS = 256 * 256  # the working size the figures below were measured at
@@ -34,6 +38,20 @@ H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, ba
 # (fixed GB: weights, CUDA context, fixed features; GB per sample at REFERENCE_PIXELS), fitted
 # exactly to the batch-1 and batch-4 peaks: text 12.0 / 38.6 GB, image 6.9 / 18.4 GB.
 MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
+
+
+@dataclass(frozen=True)
+class GeneratorScale:
+    """A generator's cost against the 256 model's figures above, at the generator's own trained size."""
+
+    reference_pixels: int  # where the factors hold; cost grows linearly with pixels beyond it
+    step: dict[str, float]  # one guided evaluation, per mode
+    memory: float  # activations per sample
+
+
+_SAME = GeneratorScale(REFERENCE_PIXELS, {"text": 1.0, "image": 1.0}, 1.0)  # the faces model (smaller) priced as ImageNet's
+SCALES: dict[str, GeneratorScale] = {"imagenet": _SAME, "ffhq": _SAME,
+                                     "imagenet512": GeneratorScale(512 * 512, {"text": 1.4, "image": 1.6}, 2.5)}
 
 
 @dataclass(frozen=True)
@@ -73,24 +91,35 @@ def batch_factor(batch: int) -> float:
     return 1.0 + BATCH_SLOPE * (batch - 1)
 
 
-def pixel_factor(pixels: int) -> float:
-    """Cost relative to 256×256, linear in pixels and never below 1 (CLIP and DINO views are fixed-size)."""
-    return max(1.0, pixels / REFERENCE_PIXELS)
+def pixel_factor(pixels: int, reference_pixels: int = REFERENCE_PIXELS) -> float:
+    """Cost relative to the reference size (256×256; a generator's own), linear in pixels and never below 1
+    (CLIP and DINO views are fixed-size)."""
+    return max(1.0, pixels / reference_pixels)
 
 
 @dataclass(frozen=True)
 class StepSpeed:
-    """Seconds of one guided evaluation of a batch of one at 256×256: measured, or the H100 prior."""
+    """Seconds of one guided evaluation of a batch of one at ``reference_pixels`` (256×256, or the
+    generator's own size): measured, or the H100 prior."""
 
     seconds: float
+    reference_pixels: int = REFERENCE_PIXELS
 
     @classmethod
-    def from_measurement(cls, seconds: float, batch: int, pixels: int) -> StepSpeed:
+    def from_measurement(cls, seconds: float, batch: int, pixels: int, reference_pixels: int = REFERENCE_PIXELS
+                         ) -> StepSpeed:
         """Normalise a measured evaluation of ``batch`` samples at ``pixels`` with the cost model."""
-        return cls(seconds / (batch_factor(batch) * pixel_factor(pixels)))
+        return cls(seconds / (batch_factor(batch) * pixel_factor(pixels, reference_pixels)), reference_pixels)
 
     def evaluation_seconds(self, batch: int, pixels: int) -> float:
-        return self.seconds * batch_factor(batch) * pixel_factor(pixels)
+        return self.seconds * batch_factor(batch) * pixel_factor(pixels, self.reference_pixels)
+
+
+def prior_speed(mode: str, generator: str = "imagenet", slowdown: float = 1.0) -> StepSpeed:
+    """The unmeasured speed: the H100 figure of the mode scaled to the generator (``SCALES``), ``slowdown``
+    times slower (another GPU)."""
+    scale = SCALES[generator]
+    return StepSpeed(H100_STEP_SECONDS[mode] * scale.step[mode] * slowdown, scale.reference_pixels)
 
 
 def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed, *, sources: int = 1) -> float:
@@ -112,13 +141,16 @@ def inversion_gb(config: TranslationConfig, pixels: int, sources: int = 1) -> fl
     return rows * (config.t_start + 1) * 3 * pixels * 4 / 1e9
 
 
-def peak_memory_gb(mode: str, samples: int, pixels: int) -> float:
+def _per_sample_gb(mode: str, pixels: int, generator: str) -> float:
+    scale = SCALES[generator]
+    return MEMORY_GB[mode][1] * scale.memory * pixel_factor(pixels, scale.reference_pixels)
+
+
+def peak_memory_gb(mode: str, samples: int, pixels: int, generator: str = "imagenet") -> float:
     """Peak GPU memory of a run (bf16/fp16): fixed part plus every sample's activations."""
-    fixed, per_sample = MEMORY_GB[mode]
-    return fixed + samples * per_sample * pixel_factor(pixels)
+    return MEMORY_GB[mode][0] + samples * _per_sample_gb(mode, pixels, generator)
 
 
-def max_samples_that_fit(mode: str, pixels: int, limit_gb: float) -> int:
+def max_samples_that_fit(mode: str, pixels: int, limit_gb: float, generator: str = "imagenet") -> int:
     """The largest batch whose estimated peak stays within ``limit_gb`` (0 when not even one fits)."""
-    fixed, per_sample = MEMORY_GB[mode]
-    return max(0, math.floor((limit_gb - fixed) / (per_sample * pixel_factor(pixels))))
+    return max(0, math.floor((limit_gb - MEMORY_GB[mode][0]) / _per_sample_gb(mode, pixels, generator)))

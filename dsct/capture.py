@@ -134,14 +134,14 @@ class GraphedStep:
             self._fixed = (fixed, _padded_fixed(fixed, self.batch))
         return self._fixed[1]
 
-    def _run(self, x, i, noise, views, state, fixed) -> StepOutput:
+    def _run(self, x, i, noise, views, state, y, fixed) -> StepOutput:
         guide = dataclasses.replace(self.guide, fixed=fixed)
-        return guided_step(self.unet, self.schedule, guide, x, i, noise, views, state)
+        return guided_step(self.unet, self.schedule, guide, x, i, noise, views, state, y)
 
     def __call__(self, guide: Guide, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None,
-                 state: GuideState) -> StepOutput:
+                 state: GuideState, y: Tensor | None = None) -> StepOutput:
         live = x.shape[0]
-        rows = (x, i, noise, views, state)
+        rows = (x, i, noise, views, state, y)
         fixed = self._padded_fixed(guide.fixed)
         padded = _padded(rows, self.batch)
         key = (self._key, _signature(padded), _signature(fixed))
@@ -199,8 +199,8 @@ class CompiledStep:
         self._guide: tuple = (None, None)  # (a call's guide, it with its fixed features padded to the batch)
 
     def __call__(self, guide: Guide, x: Tensor, i: Tensor, noise: Tensor, views: Tensor | None,
-                 state: GuideState) -> StepOutput:
-        rows = (x, i, noise, views, state)
+                 state: GuideState, y: Tensor | None = None) -> StepOutput:
+        rows = (x, i, noise, views, state, y)
         if self.fn is not None:
             try:
                 if self.cudagraphs:  # a new step: the previous step's graph outputs may be rewritten

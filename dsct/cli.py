@@ -28,7 +28,7 @@ from .batch import (
     rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, size_groups, write_csv, write_log,
 )
 from .config import (
-    AGG_ONLY, AGG_PRESETS, DIFFUSEIT_ONLY, PRESETS, DType, GeneratorName, Mode, ModelConfig, StepCapture,
+    AGG_ONLY, AGG_PRESETS, DIFFUSEIT_ONLY, PRESETS, SIZE_MULTIPLE, DType, GeneratorName, Mode, ModelConfig, StepCapture,
     TranslationConfig, preset,
 )
 from .errors import DSCTError, ImageError
@@ -101,7 +101,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             choices = get_args(TranslationConfig.__annotations__[f.name]) if kind is str else None
-            group.add_argument(_flag(f.name), type=kind, choices=choices or None, default=argparse.SUPPRESS, help=help_)
+            metavar = "{random,auto,0-999}" if f.name == "class_label" else None
+            group.add_argument(_flag(f.name), type=kind, choices=choices or None, default=argparse.SUPPRESS, help=help_,
+                               metavar=metavar)
 
 
 def _add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +111,9 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tiny", action="store_true", help="tiny random models: tries the pipeline without weights; the output is NOT a meaningful picture")
     group.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     group.add_argument("--dtype", default="auto", choices=get_args(DType), help="compute dtype; auto = bf16/fp16 on CUDA, fp32 on CPU")
-    group.add_argument("--generator", default="imagenet", choices=get_args(GeneratorName), help="diffusion model: imagenet for any photo, ffhq for aligned face portraits (keeps the identity)")
+    group.add_argument("--generator", default="imagenet", choices=get_args(GeneratorName), help="diffusion model: imagenet for any photo, ffhq for aligned face portraits (keeps the identity), "
+                       "imagenet512 for 512-pixel results (4× the pixels, about 1.5× the time per step; class-conditional, "
+                       "see --class-label; its 2.2 GB file is not in the default download)")
     group.add_argument("--clip-models", nargs="+", default=None, metavar="NAME", help="CLIP ensemble for text mode (default: the five OpenAI models)")
     group.add_argument("--grad-checkpointing", action="store_true", help="recompute UNet activations in the backward pass: less GPU memory, slower")
     group.add_argument("--step-capture", default="eager", choices=get_args(StepCapture),
@@ -136,6 +140,8 @@ TRANSLATE_EXAMPLES = """examples:
   python -m dsct translate examples/cat.png --style examples/hubble.png -o cat-hubble.png --fast
   # AGG instead of DiffuseIT, two samples
   python -m dsct translate examples/cat.png --method agg --text 'Black Leopard' --source-text 'Cat' -o leopard-agg.png --samples 2
+  # at 512 pixels (ImageNet 512 generator), holding the class closest to the text
+  python -m dsct translate examples/cat.png --text 'Black Leopard' --source-text 'Cat' -o leopard-512.png --generator imagenet512 --class-label auto
   # tiny random models: checks the setup in seconds, the picture is not meaningful
   python -m dsct translate examples/cat.png --text 'Tiger' --source-text 'Cat' -o tiger.png --tiny --fast --size 64
 """
@@ -182,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--names", nargs="+", default=None, help="registry names (default: all but the opt-in "
                     f"{', '.join(n for n, e in hub.WEIGHTS.items() if e.opt_in)}; --list shows them)")
     dl.add_argument("--list", action="store_true", help="list the registry and exit")
+    dl.add_argument("generators", nargs="*", metavar="GENERATOR", default=[],
+                    help=f"fetch every file a generator needs instead ({', '.join(get_args(GeneratorName))}); e.g. "
+                         "imagenet512, the opt-in 512 model")
     return parser
 
 
@@ -275,7 +284,7 @@ def _numbered(path: Path, rank: int) -> Path:
 def _record(source: Path, output: Path, r: Result) -> dict:
     """One output's row: what translate prints and what batch logs (``source`` first: batch.py reads it)."""
     return {"source": source.name, "output": output.name, "rank": r.rank, "seed": r.seed, "content_score": r.content_score,
-            "target_score": r.target_score, "restarts": r.restarts, "tiny": r.tiny, **{f"loss_{k}": v for k, v in r.terms.items()}}
+            "target_score": r.target_score, "restarts": r.restarts, "tiny": r.tiny, "class_label": r.class_label, **{f"loss_{k}": v for k, v in r.terms.items()}}
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
@@ -395,7 +404,7 @@ def _error_row(source: Path, error: DSCTError) -> list[dict]:
     return [{"source": source.name, "output": "", "error": str(error)}]
 
 
-def _source_size(path: Path, config: TranslationConfig) -> tuple[int, int] | None:
+def _source_size(path: Path, config: TranslationConfig, generator: str) -> tuple[int, int] | None:
     """A source's working size from its header (no decoding), EXIF rotation included; None when it
     cannot be read (the source is then a batch of its own, where its error row is written)."""
     try:
@@ -406,7 +415,7 @@ def _source_size(path: Path, config: TranslationConfig) -> tuple[int, int] | Non
     except Exception:  # any unreadable header (OSError, a decompression bomb, a broken EXIF block)
         return None
     return working_size(width, height, size=config.size, max_long_side=config.max_long_side,
-                        resize_mode=config.resize_mode)
+                        resize_mode=config.resize_mode, multiple=SIZE_MULTIPLE[generator])
 
 
 def _groups(args: argparse.Namespace, config: TranslationConfig, todo: list[str],
@@ -414,7 +423,7 @@ def _groups(args: argparse.Namespace, config: TranslationConfig, todo: list[str]
     """The sources to translate in batches of at most ``--images-per-batch`` of one working size."""
     if args.images_per_batch == 1:
         return [[name] for name in todo]
-    sizes = {name: _source_size(args.input_dir / name, config) if isinstance(jobs[name], Request) else None
+    sizes = {name: _source_size(args.input_dir / name, config, args.generator) if isinstance(jobs[name], Request) else None
              for name in todo}
     return size_groups(todo, sizes, args.images_per_batch)
 
@@ -590,7 +599,12 @@ def _cmd_download(args: argparse.Namespace) -> int:
         for name, entry in hub.WEIGHTS.items():
             print(f"{name}\t{entry.repo_id}/{entry.filename}\t{entry.size_bytes / 1e6:.0f} MB\t{entry.env_var}")
         return 0
-    for name, path in hub.download(args.names).items():
+    if bad := [g for g in args.generators if g not in get_args(GeneratorName)]:
+        raise DSCTError(f"download: unknown generator {bad[0]!r}: one of {', '.join(get_args(GeneratorName))}")
+    if args.generators and args.names:
+        raise DSCTError("download: give generators or --names, not both")
+    configs = [ModelConfig(generator=g) for g in args.generators]
+    for name, path in (hub.prefetch(configs) if configs else hub.download(args.names)).items():
         print(f"{name}\t{path}")
     return 0
 

@@ -341,6 +341,16 @@ class ClipEnsemble(nn.Module):
             out.append(emb.view(b, n_cuts, -1).mean(1))
         return out
 
+    def plain_text_embeddings(self, texts: Sequence[str], template: str, chunk: int = 256) -> list[Tensor]:
+        """Per model (len(texts), D_m): normalised embeddings of each text in one ``template``, ``chunk`` at a time."""
+        out = []
+        for model, tokenizer in zip(self.models, self.tokenizers):
+            device = next(model.parameters()).device
+            parts = [model.encode_text(tokenizer([template.format(t) for t in texts[k:k + chunk]]).to(device)).float()
+                     for k in range(0, len(texts), chunk)]
+            out.append(F.normalize(torch.cat(parts), dim=-1))
+        return out
+
     def text_similarity(self, x01: Tensor, text: str) -> Tensor:
         """(B,): mean over models of cos(center-crop image embedding, template-averaged text embedding); for ranking."""
         image = self.center_embeddings(x01)

@@ -20,16 +20,31 @@ __all__ = [
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
     "Method", "AGG_TEXT_PRESET", "AGG_IMAGE_PRESET", "AGG_FACES_PRESET", "AGG_PRESETS", "AGG_ONLY", "DIFFUSEIT_ONLY", "unread_by",
+    "ClassRule", "CLASS_RULES", "NUM_CLASSES", "SIZE_MULTIPLE", "GENERATOR_SIZES", "class_conditional",
 ]
 
 Mode = Literal["text", "image"]
 Method = Literal["diffuseit", "agg"]
-GeneratorName = Literal["imagenet", "ffhq"]
+GeneratorName = Literal["imagenet", "ffhq", "imagenet512"]
 ResizeMode = Literal["resize", "center_crop"]
 DType = Literal["auto", "fp32", "bf16", "fp16"]
 StepCapture = Literal["eager", "cuda-graph", "compile"]
 ClipName = Literal["RN50-quickgelu", "RN50x4-quickgelu", "ViT-B-32-quickgelu", "RN50x16-quickgelu", "ViT-B-16-quickgelu"]
 CLIP_CHOICES: tuple[str, ...] = get_args(ClipName)
+
+# SPEC §6: what each generator needs of the working size. H and W are multiples of 2^(downsamplings)
+# (5 at 256, 6 at 512); (size, max_long_side) of its presets: the trained size, the long side 1.75× it.
+SIZE_MULTIPLE: dict[str, int] = {"imagenet": 32, "ffhq": 32, "imagenet512": 64}
+GENERATOR_SIZES: dict[str, tuple[int, int]] = {"imagenet": (256, 448), "ffhq": (256, 448), "imagenet512": (512, 896)}
+NUM_CLASSES = 1000  # the 512 model's ImageNet classes
+ClassRule = Literal["random", "auto"]  # or a class id in [0, NUM_CLASSES)
+CLASS_RULES: tuple[str, ...] = get_args(ClassRule)
+
+
+def class_conditional(generator: str) -> bool:
+    """Whether the generator takes a class per evaluation (SPEC §6: only the 512 model)."""
+    return generator == "imagenet512"
+
 
 MAX_SAMPLES = 16
 MAX_TEXT_CHARS = 300  # CLIP sees at most 77 tokens; longer prompts are refused, not cut silently.
@@ -147,6 +162,11 @@ class TranslationConfig:
     inner_lr: float = _setting(0.02, "step size of those refinement passes [SPEC-AGG §6.3: inner AdamW learning rate]")
     symmetric: bool = _setting(False, "apply the guidance the ordinary way instead of AGG's one-sided update [SPEC-AGG "
                                       "§6: plain DDIM on the guided x̂0, the reference's 'both']")
+    # ImageNet 512 generator only (SPEC §6)
+    class_label: int | str = _setting("random", "ImageNet class the 512 model draws toward: random (a new class at "
+                                      "every step, as the reference), auto (the class whose name is closest to the "
+                                      "target text; text mode) or a class id 0-999 held for the whole run [SPEC §6: "
+                                      "the class-conditional model's y]")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -246,6 +266,7 @@ def validate(cfg: ModelConfig | TranslationConfig) -> None:
     if isinstance(cfg, ModelConfig):
         _validate_models(cfg)
     else:
+        _validate_class_label(cfg)
         _validate_translation(cfg)
 
 
@@ -263,6 +284,19 @@ def _validate_models(cfg: ModelConfig) -> None:
             raise ConfigError("clip_models", name, f"each one of {', '.join(CLIP_CHOICES)}")
     if len(set(cfg.clip_models)) != len(cfg.clip_models):
         raise ConfigError("clip_models", cfg.clip_models, "each model at most once")
+
+
+def _validate_class_label(cfg: TranslationConfig) -> None:
+    """'random', 'auto' (text mode) or an id; an id written as digits (a CLI or API string) becomes the int."""
+    value = cfg.class_label
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value.strip())
+    if isinstance(value, bool) or not (value in CLASS_RULES or isinstance(value, int) and 0 <= value < NUM_CLASSES):
+        raise ConfigError("class_label", cfg.class_label, f"'random', 'auto' or a class id in [0, {NUM_CLASSES - 1}]")
+    if value == "auto" and cfg.mode != "text":
+        raise ConfigError("class_label", value, "'random' or a class id in image mode: 'auto' picks the class from "
+                          "the target text")
+    object.__setattr__(cfg, "class_label", value)
 
 
 def _check_unread(cfg: TranslationConfig) -> None:
@@ -341,7 +375,8 @@ def preset(mode: Mode, *, method: Method = "diffuseit", fast: bool = False, gene
     """The preset of a method for a mode and generator, with ``overrides`` applied.
 
     DiffuseIT: SPEC §5, adapted to the generator (FFHQ: identity loss, restart 0.1). AGG: SPEC-AGG §8's
-    text, image, or (FFHQ, text) faces preset; it has no fast variant.
+    text, image, or (FFHQ, text) faces preset; it has no fast variant. Every preset works at its
+    generator's trained size (SPEC §6: 512 with its long side up to 896 for the ImageNet 512 model).
     """
     _check_choice("method", method, Method)
     _check_choice("mode", mode, Mode)
@@ -352,6 +387,8 @@ def preset(mode: Mode, *, method: Method = "diffuseit", fast: bool = False, gene
         base = PRESETS[f"{mode}-fast" if fast else mode]
         if generator == "ffhq":
             base = dataclasses.replace(base, lambda_id=100.0, restart_threshold=0.1)
+    size, long_side = GENERATOR_SIZES[generator]
+    base = dataclasses.replace(base, size=size, max_long_side=long_side)
     unknown = set(overrides) - {f.name for f in fields(TranslationConfig)}
     if unknown:
         name = sorted(unknown)[0]

@@ -65,6 +65,8 @@ class FixedFeatures(NamedTuple):
     inv_start: Tensor | None = None  # (1,3,H,W) x_{t_start}, where every sample starts
     inv_x0: Tensor | None = None  # (1,t_start+1,3,H,W) G[0 … t_start], x̂0 of each inversion step
     src_clip_loss: Tensor | None = None  # (1,) ℓ_0 = −mean_m(e_I0,m · d_m), no views
+    # the 512 generator's class held for the whole run (class_label an id or "auto"); None: a new one per evaluation
+    class_id: Tensor | None = None  # (1,) long
 
     def take(self, index: Sequence[int]) -> FixedFeatures:
         """The rows of the samples ``index``, as ``GuideState.take``; shared features stay as they are."""
@@ -282,11 +284,13 @@ def build_guide(
     text: str | None = None,
     source_text: str | None = None,
     inversion: tuple[Tensor, Tensor] | None = None,
+    class_id: int | None = None,
 ) -> Guide:
     """Compute the fixed features once (SPEC §3 fix: the reference redid this every step).
 
     ``inversion``: AGG's Stage A for this source, (x_start, G) from ``sampler.ddim_invert``; required
-    with method="agg" (SPEC-AGG §4: computed once per source, shared by all its samples).
+    with method="agg" (SPEC-AGG §4: computed once per source, shared by all its samples). ``class_id``: the
+    class a class-conditional generator holds for the whole run (SPEC §6); None draws one per evaluation.
     """
     if config.method == "agg" and inversion is None:
         raise ValueError("method='agg' needs the source's DDIM inversion: pass inversion=ddim_invert(...)")
@@ -308,6 +312,7 @@ def build_guide(
         src=src, src_keys=src_feats.keys, src_self_sim=src_feats.self_sim, src_cls=src_feats.cls,
         trg=style, trg_cls=trg_cls, clip_directions=directions, src_identity=identity,
         inv_start=inv_start, inv_x0=inv_x0, src_clip_loss=src_clip_loss,
+        class_id=None if class_id is None else torch.tensor([class_id], device=src.device),
     )
     return Guide(config, schedule, fixed, vit, clip=clip if directions is not None else None,
                  arcface=arcface if identity is not None else None)

@@ -144,7 +144,9 @@ WEIGHTS: dict[str, WeightFile] = {w.name: w for w in (
         licence="MIT (TreB1eN/InsightFace_Pytorch); trained on MS1M face images",
         source="TreB1eN's IR-SE50, as shipped with pSp/e4e; size ≈", arch="ir_se50", arg="arcface_path"),
 )}
-UNET_WEIGHTS: dict[str, str] = {"imagenet": "adm_imagenet256", "ffhq": "adm_ffhq256"}  # ModelConfig.generator → entry
+UNET_WEIGHTS: dict[str, str] = {"imagenet": "adm_imagenet256", "ffhq": "adm_ffhq256",  # ModelConfig.generator → entry
+                                "imagenet512": "adm_imagenet512"}
+TINY_UNETS: dict[str, str] = {"imagenet": "tiny", "ffhq": "tiny", "imagenet512": "tiny512"}  # the same code paths, small
 CLIP_WEIGHTS: dict[str, str] = {w.hub_model: w.name for w in WEIGHTS.values() if w.name.startswith("clip_")}
 assert tuple(CLIP_WEIGHTS) == OPENAI_MODELS
 
@@ -534,7 +536,7 @@ def _seeded(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
 
 def _tiny_builders(config: ModelConfig) -> dict[str, Callable[[], nn.Module] | None]:
     return dict(
-        unet=_seeded(lambda: build_unet("tiny")),
+        unet=_seeded(lambda: build_unet(TINY_UNETS[config.generator])),
         vit=_seeded(lambda: build_vit("tiny")),
         clip=_seeded(lambda: build_clip_models("tiny")) if config.load_clip else None,
         arcface=_seeded(lambda: build_arcface("tiny")) if config.load_arcface else None,

@@ -150,18 +150,22 @@ def load_image(image: ImageInput | None, *, name: str = "image") -> Image.Image:
         raise ImageError(f"{name}: cannot convert image mode {image.mode!r} to RGB ({e})") from e
 
 
-def working_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:
-    """(W, H) the sampler runs at: short side ``size``, long side a multiple of 32 up to the cap."""
+def working_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str,
+                 multiple: int = 32) -> tuple[int, int]:
+    """(W, H) the sampler runs at: short side ``size``, long side a multiple of ``multiple`` (the generator's,
+    ``config.SIZE_MULTIPLE``) up to the cap; ``size`` and the cap are multiples of it already."""
     if resize_mode == "center_crop":
         return size, size
     short, long = min(width, height), max(width, height)
-    long_out = min(max_long_side, max(size, round(long * size / short / 32) * 32))
+    long_out = min(max_long_side, max(size, round(long * size / short / multiple) * multiple))
     return (long_out, size) if width >= height else (size, long_out)
 
 
-def output_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str) -> tuple[int, int]:
+def output_size(width: int, height: int, *, size: int, max_long_side: int, resize_mode: str,
+                multiple: int = 32) -> tuple[int, int]:
     """(W, H) returned to the user: the source's own aspect ratio at the working resolution."""
-    w, h = working_size(width, height, size=size, max_long_side=max_long_side, resize_mode=resize_mode)
+    w, h = working_size(width, height, size=size, max_long_side=max_long_side, resize_mode=resize_mode,
+                        multiple=multiple)
     # the long side at the source's aspect, capped by the working one (so a center crop stays square)
     if width >= height:
         return min(w, round(width * h / height)), h

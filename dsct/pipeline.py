@@ -13,6 +13,7 @@ import functools
 import itertools
 import numbers
 import unicodedata
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -21,7 +22,8 @@ import torch
 from PIL import Image
 
 from . import images
-from .clip import prompt_tokens
+from .classes import CLASS_NAMES, NAME_TEMPLATE, nearest_class
+from .clip import ClipEnsemble, prompt_tokens
 from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, format_range, preset
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
@@ -31,7 +33,8 @@ from .hub import Models
 from .sampler import SampleOutput, StepEvent, ddim_invert, sample_agg, sample_guided
 from .scoring import rank_order, score_samples
 
-__all__ = ["Result", "Request", "Job", "translate", "translate_many", "check_request", "check_text", "prepare_images", "schedule_for"]
+__all__ = ["Result", "Request", "Job", "translate", "translate_many", "check_request", "check_text", "prepare_images",
+           "schedule_for", "held_classes", "check_models"]
 
 CONTEXT_TOKENS = 77  # CLIP's text context length
 
@@ -49,6 +52,7 @@ class Result:
     restarts: int = 0
     tiny: bool = False  # made with random tiny models: not a meaningful picture
     note: str = ""  # why it is not what was asked (e.g. a restart skipped near the deadline)
+    class_label: int | None = None  # the 512 generator's class held for the run (an id, or auto's pick); None: drawn
 
 
 @functools.lru_cache(maxsize=8)
@@ -117,22 +121,54 @@ def check_request(
 
 
 def prepare_images(
-    config: TranslationConfig, source: Image.Image, style: Image.Image | None, device: torch.device,
+    config: TranslationConfig, source: Image.Image, style: Image.Image | None, device: torch.device, multiple: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
     """Source at the working size and the style image covering that same size, both (1,3,H,W) in
-    [-1,1] on ``device``, and the (W, H) the results are returned at."""
-    size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode)
+    [-1,1] on ``device``, and the (W, H) the results are returned at. ``multiple``: the generator's
+    (``UNet.size_multiple``), which the sizes are rounded to."""
+    size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode,
+                   multiple=multiple)
     work_w, work_h = images.working_size(*source.size, **size_kw)
     x_src, x_style = (None if img is None else images.to_tensor(images.fit_to(img, work_w, work_h)).to(device)
                       for img in (source, style))
     return x_src, x_style, images.output_size(*source.size, **size_kw)
 
 
-def _check_models(models: Models, config: TranslationConfig) -> None:
+def check_models(models: Models, config: TranslationConfig) -> None:
+    """What a config asks of the loaded networks: the losses' models, the generator's sizes and classes
+    (a server checks it before it takes a GPU)."""
     if config.mode == "text" and config.lambda_clip > 0 and models.clip is None:
         raise ConfigError("lambda_clip", config.lambda_clip, "0 unless the CLIP models are loaded (load_clip=True)")
     if config.lambda_id > 0 and models.arcface is None:
         raise ConfigError("lambda_id", config.lambda_id, "0 unless the ArcFace model is loaded (load_arcface=True, faces generator)")
+    multiple = models.unet.size_multiple
+    for name in ("size", "max_long_side"):
+        if getattr(config, name) % multiple:
+            raise ConfigError(name, getattr(config, name), f"a multiple of {multiple} with generator="
+                              f"{models.config.generator!r} (its UNet halves the image {multiple.bit_length() - 1} times)")
+    if models.unet.num_classes is None and config.class_label != "random":
+        raise ConfigError("class_label", config.class_label, f"'random' (its default) with generator="
+                          f"{models.config.generator!r}, which has no classes: only generator='imagenet512' reads it")
+    if config.class_label == "auto" and models.clip is None:
+        raise ConfigError("class_label", "auto", "'random' or a class id unless the CLIP models are loaded (load_clip=True)")
+
+
+_NAME_TABLES: weakref.WeakKeyDictionary[ClipEnsemble, list[torch.Tensor]] = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def held_classes(models: Models, config: TranslationConfig, texts: Sequence[str | None]) -> list[int | None]:
+    """Per request the class the 512 generator holds for the whole run (SPEC §6), or None: drawn per
+    evaluation ("random", or a generator without classes). "auto": the class whose name CLIP finds
+    closest to the request's target text; the names' embeddings are computed once per CLIP ensemble."""
+    if models.unet.num_classes is None or config.class_label == "random":
+        return [None] * len(texts)
+    if config.class_label != "auto":
+        return [int(config.class_label)] * len(texts)
+    if models.clip not in _NAME_TABLES:
+        _NAME_TABLES[models.clip] = models.clip.plain_text_embeddings(CLASS_NAMES, NAME_TEMPLATE)
+    names, wanted = _NAME_TABLES[models.clip], models.clip.plain_text_embeddings(list(texts), NAME_TEMPLATE)
+    return [nearest_class([e[k] for e in wanted], names) for k in range(len(texts))]
 
 
 def _check_seeds(config: TranslationConfig, seeds: Iterable[int] | None) -> list[int]:
@@ -211,12 +247,12 @@ def translate_many(
     if config is None:
         config = preset("image" if jobs[0].style is not None else "text", generator=models.config.generator)
     requests = [check_request(config, j.source, text=j.text, source_text=j.source_text, style=j.style) for j in jobs]
-    _check_models(models, config)
+    check_models(models, config)
     seeds = _check_seeds(config, seeds)
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
         raise ConfigError("deadline", deadline, "None or a time.monotonic() value")
 
-    prepared = [prepare_images(config, r.source, r.style, models.device) for r in requests]
+    prepared = [prepare_images(config, r.source, r.style, models.device, models.unet.size_multiple) for r in requests]
     for k, (x, _, _) in enumerate(prepared[1:], 1):
         if x.shape != prepared[0][0].shape:
             raise ImageError(f"images translated in one batch need one working size: image {k + 1} is worked on at "
@@ -225,11 +261,14 @@ def translate_many(
     # 3. fixed features, once per image (AGG: its DDIM inversion too, SPEC-AGG §4); one row per sample
     # when several images share the batch
     schedule = schedule_for(config.steps)
+    classes = held_classes(models, config, [r.text for r in requests])
     guides = [
         build_guide(config, schedule, x_src, vit=models.vit, clip=models.clip, arcface=models.arcface,
-                    style=x_style, text=r.text, source_text=r.source_text,
-                    inversion=ddim_invert(models.unet, schedule, x_src, config.t_start) if config.method == "agg" else None)
-        for (x_src, x_style, _), r in zip(prepared, requests)
+                    style=x_style, text=r.text, source_text=r.source_text, class_id=c,
+                    inversion=ddim_invert(models.unet, schedule, x_src, config.t_start,
+                                          None if c is None else torch.tensor([c], device=x_src.device))
+                    if config.method == "agg" else None)
+        for (x_src, x_style, _), r, c in zip(prepared, requests, classes)
     ]
     guide = stack_guides(guides, len(seeds))
 
@@ -248,13 +287,14 @@ def translate_many(
         )
 
     # 7. postprocess, score, rank: per image
-    return [_results(models, config, out, rows, seeds, guides[j], requests[j].text, prepared[j][1], prepared[j][2])
+    return [_results(models, config, out, rows, seeds, guides[j], requests[j].text, prepared[j][1], prepared[j][2], classes[j])
             for j in range(len(jobs))
             for rows in [[n for n, row in enumerate(out.finished) if row // len(seeds) == j]]]
 
 
 def _results(models: Models, config: TranslationConfig, out: SampleOutput, rows: list[int], seeds: list[int],
-             guide: Guide, text: str | None, x_style: torch.Tensor | None, out_size: tuple[int, int]) -> list[Result]:
+             guide: Guide, text: str | None, x_style: torch.Tensor | None, out_size: tuple[int, int],
+             class_label: int | None) -> list[Result]:
     """One image's results: its finished samples (``rows`` of ``out.x0``) colour-matched, scored, ranked."""
     if not rows:
         return []
@@ -268,7 +308,7 @@ def _results(models: Models, config: TranslationConfig, out: SampleOutput, rows:
             image=pictures[k], seed=seeds[row % len(seeds)], rank=r + 1,
             content_score=float(scores.content[k]), target_score=float(scores.target[k]),
             terms={name: float(v[rows[k]]) for name, v in out.terms.items()},
-            restarts=out.restarts[row], tiny=models.tiny, note=out.notes.get(row, ""),
+            restarts=out.restarts[row], tiny=models.tiny, note=out.notes.get(row, ""), class_label=class_label,
         )
         for r, k in enumerate(rank_order(scores))
         for row in [out.finished[rows[k]]]

@@ -24,7 +24,7 @@ from .diffusion import (Schedule, ddim_invert_step, ddim_step, eps_from_x0, mode
 from .errors import TimeLimitExceeded
 from .guidance import Guide, GuideState, model_dtype
 
-__all__ = ["StepEvent", "StepOutput", "SampleOutput", "StepFn", "randn", "guided_step", "sample_guided",
+__all__ = ["StepEvent", "StepOutput", "SampleOutput", "StepFn", "randn", "draw_classes", "unet_out", "guided_step", "sample_guided",
            "evaluations_per_attempt", "Inversion", "unet_eps", "ddim_invert", "agg_step_kind", "agg_guided_step",
            "plain_ddim_step", "sample_agg"]
 
@@ -79,6 +79,27 @@ def randn(generators: Sequence[torch.Generator], shape: Sequence[int], device: t
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device, non_blocking=True)
 
 
+def draw_classes(unet: torch.nn.Module, generators: Sequence[torch.Generator], held: Tensor | None,
+                 device: torch.device) -> Tensor | None:
+    """The class ids of one UNet evaluation (SPEC §6), None for a generator without classes.
+
+    ``held`` (``FixedFeatures.class_id``: one row, or one per sample) holds a class for the whole run;
+    without it each sample draws a new uniform class from its own generator, as the reference does
+    before every evaluation, so a sample gets the same classes alone as in a batch.
+    """
+    classes = getattr(unet, "num_classes", None)
+    if classes is None:
+        return None
+    if held is not None:
+        return held.expand(len(generators)) if held.shape[0] == 1 else held
+    return torch.cat([torch.randint(classes, (1,), generator=g) for g in generators]).to(device, non_blocking=True)
+
+
+def unet_out(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor, y: Tensor | None = None) -> Tensor:
+    """One UNet pass at spaced step i, in fp32: (ε, v). ``y``: the class ids of a class-conditional generator."""
+    return unet(x.to(model_dtype(unet)), model_timesteps(schedule, i), *(() if y is None else (y,))).float()
+
+
 def evaluations_per_attempt(t_start: int, repeats: int) -> int:
     return t_start + repeats
 
@@ -98,7 +119,7 @@ class StepOutput(NamedTuple):
 
 
 def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor, noise: Tensor,
-                views: Tensor | None, state: GuideState) -> StepOutput:
+                views: Tensor | None, state: GuideState, y: Tensor | None = None) -> StepOutput:
     """One UNet pass with grad: μ' = μ + σ²·g with g = −∂L/∂x_t (Sohl-Dickstein mean shift), then
     x_{i−1} = μ' + σ·noise.
 
@@ -106,8 +127,7 @@ def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tens
     the whole step can be captured (``dsct.capture``). The schedule must live on x's device.
     """
     x = x.detach().requires_grad_(True)
-    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i)).float()
-    mv = p_mean_variance(schedule, out, x, i)
+    mv = p_mean_variance(schedule, unet_out(unet, schedule, x, i, y), x, i)
     loss, terms, state = guide(x, mv.x0_pred, i, state, views)
     # all weights zero (unguided): no graph to differentiate, the gradient is zero
     grad = torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
@@ -116,7 +136,7 @@ def guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tens
     return StepOutput(x_prev, mv.x0_pred.detach(), {k: v.detach() for k, v in terms.items()}, state)
 
 
-def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar,
+def _run_attempt(unet, step_fn, schedule, guide, x_src, generators, ids, *, t_start, repeats, restart_threshold, callback, bar,
                  restarts, clock, notes):
     """One pass from t_start to 0 for the samples `ids`; returns finished x̂0s, who must restart, and
     whether the deadline stopped it. A restart starts only if this attempt and a whole new one fit
@@ -136,9 +156,10 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
             if not clock.fits(1):
                 return finished, failed, True
             gens = [generators[k] for k in ids]
-            # each sample's draws in the reference order: its CLIP views, then the step's noise
+            # each sample's draws: its class (512 generator), its CLIP views, then the step's noise
+            y = draw_classes(unet, gens, guide.fixed.class_id, device)
             views = guide.draw_views(gens, *shape[1:])
-            x_prev, x0_pred, terms, state = step_fn(guide, x, i, randn(gens, shape, device), views, state)
+            x_prev, x0_pred, terms, state = step_fn(guide, x, i, randn(gens, shape, device), views, state, y)
             if r < reps - 1:  # resampling: back to t with the forward step of β_t
                 x = renoise(schedule, x_prev, i, randn(gens, shape, device))
             step += 1
@@ -166,7 +187,7 @@ def _run_attempt(step_fn, schedule, guide, x_src, generators, ids, *, t_start, r
     return finished, failed, False
 
 
-StepFn = Callable[[Guide, Tensor, Tensor, Tensor, "Tensor | None", GuideState], StepOutput]  # guided_step from guide on
+StepFn = Callable[[Guide, Tensor, Tensor, Tensor, "Tensor | None", GuideState, "Tensor | None"], StepOutput]  # guided_step from guide on
 
 
 def sample_guided(
@@ -207,7 +228,7 @@ def sample_guided(
     with tqdm(total=evaluations_per_attempt(t_start, repeats), disable=disable, desc="guided steps") as bar:
         while pending:
             done, failed, out_of_time = _run_attempt(
-                step_fn, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
+                unet, step_fn, schedule, guide, x_src, generators, pending, t_start=t_start, repeats=repeats,
                 restart_threshold=restart_threshold, callback=callback, bar=bar, restarts=restarts,
                 clock=clock, notes=notes,
             )
@@ -241,24 +262,31 @@ class Inversion(NamedTuple):
     x0: Tensor  # (B,t_start+1,3,H,W) G[0 … t_start]
 
 
-def unet_eps(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor) -> Tensor:
+def unet_eps(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor, y: Tensor | None = None) -> Tensor:
     """The ε half of one UNet pass at spaced step i, in fp32 (DDIM ignores the variance channels)."""
-    out = unet(x.to(model_dtype(unet)), model_timesteps(schedule, i)).float()
-    return out.chunk(2, dim=1)[0]
+    return unet_out(unet, schedule, x, i, y).chunk(2, dim=1)[0]
+
+
+INVERSION_CLASS_SEED = 0  # the 512 generator's classes during the inversion (class_label "random")
 
 
 @torch.no_grad()
-def ddim_invert(unet: torch.nn.Module, schedule: Schedule, x0: Tensor, t_start: int) -> Inversion:
+def ddim_invert(unet: torch.nn.Module, schedule: Schedule, x0: Tensor, t_start: int,
+                class_id: Tensor | None = None) -> Inversion:
     """Deterministic DDIM inversion of x0 up to x_{t_start}: t_start + 1 UNet passes, no randomness.
 
     G[i] = x̂0(x_i, i) for i = 0 … t_start; x_{i+1} from (G[i], ε(x_i, G[i])). SPEC-AGG §4 fix: run once per
-    source and shared by its samples (the reference reran it for every sample).
+    source and shared by its samples (the reference reran it for every sample). A class-conditional
+    generator gets the held ``class_id``, else a new class per pass from a generator of its own seeded with
+    ``INVERSION_CLASS_SEED``: the same inversion for a source whatever the samples' seeds.
     """
     schedule = schedule.to(x0.device)
     x, targets = x0, []
+    classes = [torch.Generator().manual_seed(INVERSION_CLASS_SEED) for _ in range(x0.shape[0])]
     for k in range(t_start + 1):
         i = torch.full((x.shape[0],), k, device=x.device, dtype=torch.long)
-        g = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+        y = draw_classes(unet, classes, class_id, x.device)
+        g = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i, y))
         targets.append(g)
         if k < t_start:
             x = ddim_invert_step(schedule, g, eps_from_x0(schedule, x, i, g), i)
@@ -276,15 +304,15 @@ def agg_step_kind(config: TranslationConfig, i: int) -> tuple[bool, float]:
 
 @torch.no_grad()
 def plain_ddim_step(unet: torch.nn.Module, schedule: Schedule, x: Tensor, i: Tensor, eta: float,
-                    noise: Tensor | None) -> tuple[Tensor, Tensor]:
+                    noise: Tensor | None, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """One unguided DDIM step, no grad: (x_{i−1}, x̂0)."""
-    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i, y))
     return ddim_step(schedule, x0, eps_from_x0(schedule, x, i, x0), i, eta, noise), x0
 
 
 def agg_guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: Tensor, i: Tensor,
                     noise: Tensor | None, views: Tensor | None, inner_views: Sequence[Tensor | None],
-                    state: GuideState) -> StepOutput:
+                    state: GuideState, y: Tensor | None = None) -> StepOutput:
     """One guided AGG step (SPEC-AGG §6): a single UNet pass with grad gives x̂0 and g = −∂L_a/∂x_t.
 
     SPEC-AGG §6 fix: the reference ran a second, no-grad UNet pass for the same x̂0.
@@ -292,7 +320,7 @@ def agg_guided_step(unet: torch.nn.Module, schedule: Schedule, guide: Guide, x: 
     cfg = guide.config
     x = x.detach().requires_grad_(True)
     # 1. one UNet pass with grad; L_a on x̂0; g = −∂L_a/∂x_t
-    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i))
+    x0 = predict_x0(schedule, x, i, unet_eps(unet, schedule, x, i, y))
     loss, terms, state = guide.agg_loss(x, x0, i, state, views)
     grad = -torch.autograd.grad(loss.sum(), x)[0] if loss.requires_grad else torch.zeros_like(x)
     x, x0_u = x.detach(), x0.detach()
@@ -324,7 +352,7 @@ def sample_agg(
     down to 0, guided at the first steps, then plain DDIM; returns the x̂0 of the step at i = 0.
 
     Settings come from ``guide.config`` (t_start, t_edit, t_boost, the three η, symmetric, inner_iters).
-    No resampling, no restarts. Each sample draws, per guided step, its L_a views, one set of inner views per
+    No resampling, no restarts. Each sample draws, per step, its class (512 generator); per guided step, its L_a views, one set of inner views per
     inner iteration, then its noise; per plain step its noise; nothing where σ_i = 0 (η 0 or i = 0). The
     callback gets a ``StepEvent`` after every step (``terms`` empty on plain steps) and may raise ``Cancelled``.
     A step that would end past ``deadline`` is not begun and ``TimeLimitExceeded`` is raised (no sample has
@@ -345,14 +373,15 @@ def sample_agg(
                                         "samples finished: lower steps or samples, or raise skip")
             i = torch.full((b,), t, device=device, dtype=torch.long)
             guided, eta = agg_step_kind(cfg, t)
+            y = draw_classes(unet, generators, guide.fixed.class_id, device)
             if guided:
                 views = guide.draw_views(generators, *shape[1:])
                 inner = [guide.draw_views(generators, *shape[1:]) for _ in range(cfg.inner_iters)]
             noise = randn(generators, shape, device) if eta > 0 and t > 0 else None
             if guided:
-                x, x0, terms, state = agg_guided_step(unet, schedule, guide, x, i, noise, views, inner, state)
+                x, x0, terms, state = agg_guided_step(unet, schedule, guide, x, i, noise, views, inner, state, y)
             else:
-                x, x0 = plain_ddim_step(unet, schedule, x, i, eta, noise)
+                x, x0 = plain_ddim_step(unet, schedule, x, i, eta, noise, y)
             clock.tick()
             bar.update(1)
             if callback is not None:

@@ -58,13 +58,16 @@ def vit_input_size(height: int, width: int, patch_size: int) -> tuple[int, int]:
 def resize_for_vit(x01: Tensor, patch_size: int) -> Tensor:
     """Resize a (B,3,H,W) batch to ``vit_input_size``; a no-op when it already has that size.
 
-    Bilinear without antialiasing on purpose: the reference ran torchvision 0.10, whose tensor
-    ``Resize`` did not antialias; newer torchvision does by default and gives different numbers.
+    Bilinear without antialiasing up to a 2× downscale, on purpose: the reference ran torchvision 0.10,
+    whose tensor ``Resize`` did not antialias (newer torchvision does by default and gives different
+    numbers). Beyond 2× (the 512 generator: 512 → 224) plain bilinear reads only 2 of every ≥ 2.3 pixels,
+    so the rest would get no ViT gradient at all (SPEC §6): there it antialiases.
     """
     size = vit_input_size(x01.shape[-2], x01.shape[-1], patch_size)
     if tuple(x01.shape[-2:]) == size:
         return x01
-    return F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=False)
+    antialias = x01.shape[-2] > 2 * size[0] or x01.shape[-1] > 2 * size[1]
+    return F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=antialias)
 
 
 def imagenet_normalize(x01: Tensor, mean: Tensor, std: Tensor) -> Tensor:

@@ -58,7 +58,7 @@ def translate_text(
     n_cuts: int, lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int,
     restart_threshold: float, size: int, max_long_side: int, resize_mode: str,
     method: str, eta_edit: float, eta: float, eta_boost: float, t_edit: int, t_boost: int, lambda_gt: float,
-    inner_iters: int, inner_lr: float, symmetric: bool,
+    inner_iters: int, inner_lr: float, symmetric: bool, class_label: str,
     progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the target text (`text`), given what it shows (`source_text`).
@@ -77,7 +77,7 @@ def translate_image(
     lambda_range: float, lambda_id: float, range_restart: bool, max_restarts: int, restart_threshold: float,
     size: int, max_long_side: int, resize_mode: str,
     method: str, eta_edit: float, eta: float, eta_boost: float, t_edit: int, t_boost: int, lambda_gt: float,
-    inner_iters: int, inner_lr: float, symmetric: bool,
+    inner_iters: int, inner_lr: float, symmetric: bool, class_label: str,
     progress: gr.Progress = gr.Progress(), request: gr.Request | None = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Translate the source image toward the look of the style image, keeping the source's structure.
@@ -116,7 +116,7 @@ def estimate(mode: Mode, *values: Any) -> str:
         width, height = config.max_long_side, config.size  # the largest working size, until a source is given
         if values_by_name.get("source"):
             with Image.open(values_by_name["source"]) as im:  # the header only
-                width, height = work_size(config, *im.size)
+                width, height = work_size(config, generator, *im.size)
         seconds, memory = cost(generator, config, width * height)
     except DSCTError as e:
         return f"*{e}*"
@@ -126,7 +126,8 @@ def estimate(mode: Mode, *values: Any) -> str:
     return f"≈ {seconds:.0f} s {where} · ≈ {memory:.0f} GB"
 
 
-COMPACT_INPUTS = ("source", "text", "source_text", "style", "preset", "samples", "seed", "generator", "method")
+COMPACT_INPUTS = ("source", "text", "source_text", "style", "preset", "samples", "seed", "generator", "method",
+                  "class_label")
 COMPACT_PRESETS = ("default", "full", "fast")
 COMPACT_DEFAULTS: dict[str, Any] = {}  # the server's own defaults (tiny models: small settings): set_compact_defaults
 
@@ -157,7 +158,7 @@ def compact_request(values: Mapping[str, Any]) -> tuple[Mode, dict[str, Any]]:
     return mode, {**chosen, "samples": values.get("samples"), "seed": random_seed() if seed == -1 else seed,
                   "source": values.get("source"), "style": values.get("style") or None,
                   "text": values.get("text") or None, "source_text": values.get("source_text") or None,
-                  "generator": values.get("generator")}
+                  "generator": values.get("generator"), "class_label": values.get("class_label", "random")}
 
 
 def validator(names: Sequence[str], to_request: Callable[[Mapping[str, Any]], tuple[Mode, Mapping[str, Any]]]
@@ -185,19 +186,20 @@ def make_validator(mode: Mode) -> Callable[..., list[dict[str, Any]]]:
 
 def translate_photo(source: str | None, text: str | None = None, source_text: str | None = None,
                     style: str | None = None, preset: str = "default", samples: int = 1, seed: int = -1,
-                    generator: str = "imagenet", method: str = "diffuseit", progress: gr.Progress = gr.Progress()
-                    ) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
+                    generator: str = "imagenet", method: str = "diffuseit", class_label: str = "random",
+                    progress: gr.Progress = gr.Progress()) -> tuple[list[tuple[Any, str]], dict[str, Any]]:
     # the docstring (the endpoint's and MCP tool's description) is written by describe, from COMPACT_HELP
     try:
         mode, values = compact_request(dict(zip(COMPACT_INPUTS, (source, text, source_text, style, preset, samples,
-                                                                  seed, generator, method))))
+                                                                  seed, generator, method, class_label))))
     except DSCTError as e:
         raise user_error(e) from e
     plan = planned(mode, values)
     results = [u.results for u in stream(plan, progress) if isinstance(u, Done)][-1]
     info = {"mode": mode, "method": plan.config.method, "seeds": [r.seed for r in results],
             "results": [{"rank": r.rank, "seed": r.seed, "content_score": r.content_score,
-                         "target_score": r.target_score, "restarts": r.restarts, "note": r.note, "tiny": r.tiny}
+                         "target_score": r.target_score, "restarts": r.restarts, "note": r.note, "tiny": r.tiny,
+                         "class_label": r.class_label}
                         for r in results]}
     return gallery_rows(results, plan.config.method), info
 

@@ -9,9 +9,10 @@ from typing import Any
 import gradio as gr
 
 from dsct import TranslationConfig, preset
-from dsct.config import RANGES
+from dsct.classes import class_name
+from dsct.config import NUM_CLASSES, RANGES, class_conditional
 
-from .words import FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS, unread_inputs
+from .words import CLASS_RULE_LABELS, FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS, unread_inputs
 
 # Sliders stop where hand-tuning stops (the SPEC §5 weights are at most 3000); the API may send
 # anything in config.RANGES, and TranslationConfig, not the slider, decides what is valid.
@@ -71,8 +72,15 @@ class ImageInput(gr.Image):
         return None if payload is None else str(payload.path)
 
 
-def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
-    """The input for one TranslationConfig field, labelled in words (WORDS)."""
+def class_choices(mode: str) -> list[tuple[str, str]]:
+    """The 512 model's class list: Random, Auto (text mode: it reads the text), then every class as
+    "288 leopard", searchable by typing."""
+    rules = [(label, rule) for rule, label in CLASS_RULE_LABELS.items() if rule != "auto" or mode == "text"]
+    return rules + [(class_name(k), str(k)) for k in range(NUM_CLASSES)]
+
+
+def control(name: str, value: Any, *, mode: str = "text", **extra: Any) -> gr.components.Component:
+    """The input for one TranslationConfig field, labelled in words (WORDS); ``mode``: the tab's."""
     label, info = WORDS[name]
     field, kw = SETTINGS[name], dict(value=value, label=label, info=info) | extra
     if field.type == "bool":
@@ -81,6 +89,8 @@ def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
         return ConfigRadio(choices=RESIZE_CHOICES, **kw)
     if name == "method":
         return ConfigDropdown(choices=[(label, m) for m, label in METHOD_LABELS.items()], **kw)
+    if name == "class_label":
+        return ConfigDropdown(choices=class_choices(mode), filterable=True, **kw)
     low, high = RANGES[name]
     is_int = field.type == "int"
     if name in NUMBER_FIELDS:
@@ -94,14 +104,18 @@ def control(name: str, value: Any, **extra: Any) -> gr.components.Component:
 
 
 def config_values(config: TranslationConfig, names: Sequence[str]) -> list[Any]:
-    """Values for the controls ``names``: config fields, plus the resampling toggle."""
-    return [config.resample_repeats > 1 if n == "resampling" else getattr(config, n) for n in names]
+    """Values for the controls ``names``: config fields, plus the resampling toggle (a class id as the
+    class list's string)."""
+    return [config.resample_repeats > 1 if n == "resampling" else str(config.class_label) if n == "class_label"
+            else getattr(config, n) for n in names]
 
 
 def shown(name: str, method: str, generator: str) -> bool:
     """Whether a setting's control is shown: only those that do something with this method and generator."""
     if name in unread_inputs(method):
         return False
+    if name == "class_label":
+        return class_conditional(generator)
     return name != "lambda_id" or generator == "ffhq"
 
 

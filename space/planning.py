@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from dsct import ConfigError, Models, TranslationConfig, budget, preset
-from dsct.config import Mode
+from dsct.config import SIZE_MULTIPLE, Mode
 from dsct.images import working_size
-from dsct.pipeline import check_request
+from dsct.pipeline import check_models, check_request
 
 from .words import SETTINGS, unread_inputs
 
@@ -67,7 +67,7 @@ def serve(models: Mapping[str, Models]) -> None:
 def speed_of(generator: str, mode: str) -> budget.StepSpeed:
     """This process's last measurement on CUDA, else the H100 figure scaled by PRIOR_SLOWDOWN."""
     measured = MEASURED_SPEED.get((generator, mode))
-    return measured or budget.StepSpeed(budget.H100_STEP_SECONDS[mode] * PRIOR_SLOWDOWN)
+    return measured or budget.prior_speed(mode, generator, PRIOR_SLOWDOWN)
 
 
 def evaluation_seconds(plan: Plan) -> float:
@@ -83,10 +83,10 @@ def learn_speed(plan: Plan, seconds_per_full_step: list[float]) -> None:
     the prior prices every AGG pass as a guided one.
     """
     if (seconds_per_full_step and plan.config.method == "diffuseit" and MODELS[plan.generator].device.type == "cuda"
-            and plan.pixels >= budget.REFERENCE_PIXELS):
+            and plan.pixels >= budget.SCALES[plan.generator].reference_pixels):
         seconds = sum(seconds_per_full_step) / len(seconds_per_full_step)
         MEASURED_SPEED[(plan.generator, plan.config.mode)] = budget.StepSpeed.from_measurement(
-            seconds, plan.config.samples, plan.pixels)
+            seconds, plan.config.samples, plan.pixels, budget.SCALES[plan.generator].reference_pixels)
 
 
 def cost(generator: str, config: TranslationConfig, pixels: int) -> tuple[float, float]:
@@ -94,7 +94,7 @@ def cost(generator: str, config: TranslationConfig, pixels: int) -> tuple[float,
     sampling = budget.run_seconds(config, pixels, speed_of(generator, config.mode))
     margin = RESTART_MARGIN if config.method == "diffuseit" else 1.0  # AGG never restarts a sample
     return (GPU_START_S + FINISH_S + margin * sampling,
-            budget.peak_memory_gb(config.mode, config.samples, pixels) + budget.inversion_gb(config, pixels))
+            budget.peak_memory_gb(config.mode, config.samples, pixels, generator) + budget.inversion_gb(config, pixels))
 
 
 def duration_factor() -> float:
@@ -127,10 +127,10 @@ def memory_limit_gb() -> float | None:
     return None
 
 
-def work_size(config: TranslationConfig, width: int, height: int) -> tuple[int, int]:
+def work_size(config: TranslationConfig, generator: str, width: int, height: int) -> tuple[int, int]:
     """The (W, H) a source of width x height is sampled at under the config's size policy."""
     return working_size(width, height, size=config.size, max_long_side=config.max_long_side,
-                        resize_mode=config.resize_mode)
+                        resize_mode=config.resize_mode, multiple=SIZE_MULTIPLE[generator])
 
 
 def serve_endpoint_defaults(mode: str, values: Mapping[str, Any]) -> None:
@@ -170,11 +170,12 @@ def make_plan(mode: Mode, values: Mapping[str, Any]) -> Plan:
     text, source_text = values.get("text"), values.get("source_text")
     config = preset(mode, generator=generator, **settings(mode, values))  # the one validator
     request = check_request(config, source, text=text, source_text=source_text, style=style)
-    width, height = work_size(config, *request.source.size)
+    check_models(MODELS[generator], config)
+    width, height = work_size(config, generator, *request.source.size)
     seconds, memory = cost(generator, config, width * height)
     limit = memory_limit_gb()
     if limit is not None and memory > limit:
-        fit = budget.max_samples_that_fit(mode, width * height, limit)
+        fit = budget.max_samples_that_fit(mode, width * height, limit, generator)
         what = f"at most {fit} at {width}x{height}" if fit else "1 only at a smaller size or max_long_side"
         raise ConfigError("samples", config.samples, f"{what}: {config.samples} would need about {memory:.0f} GB "
                                                      f"of GPU memory and {limit:.0f} GB can be used here")

@@ -12,6 +12,7 @@ import gradio as gr
 from PIL import Image
 
 from dsct import DSCTError, Result
+from dsct.classes import class_name
 from dsct.images import fit_to, load_image
 
 from .words import METHOD_NAMES
@@ -22,7 +23,8 @@ def caption(result: Result, method: str) -> str:
     shows captions whole, wrapped at the line breaks)."""
     lines = [f"#{result.rank} · seed {result.seed} · {METHOD_NAMES[method]}",
              f"content {result.content_score:.3f} · target {result.target_score:.3f}"]
-    extra = ([f"restarts {result.restarts}"] if result.restarts else []) + ([result.note] if result.note else [])
+    extra = ([f"class {class_name(result.class_label)}"] if result.class_label is not None else [])
+    extra += ([f"restarts {result.restarts}"] if result.restarts else []) + ([result.note] if result.note else [])
     if result.tiny:
         extra.append("tiny model: not meaningful")
     if extra:

@@ -20,7 +20,8 @@ SETTINGS = {f.name: f for f in dataclasses.fields(TranslationConfig)}  # every s
 NOT_INPUTS = frozenset({"progress", "request"})  # a handler's parameters that gradio fills, not the caller
 CPU_FORWARD_S = 25  # README: one forward of the real 552M UNet on a 2-core CPU
 
-GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet", "ffhq": "Faces"}
+GENERATOR_LABELS: dict[str, str] = {"imagenet": "ImageNet", "ffhq": "Faces", "imagenet512": "ImageNet 512 (4× pixels, slower)"}
+CLASS_RULE_LABELS: dict[str, str] = {"random": "Random (a new class every step)", "auto": "Auto (the class closest to the text)"}
 TAB_LABELS: dict[str, str] = {"text": "Edit with text", "image": "Restyle with an image"}
 SETTINGS_LABEL = "Settings: steps, seed, samples and more"  # the accordion under the first view
 FACES_NOTE = "Faces expects an aligned, centred portrait (one face filling the square, as in FFHQ)."
@@ -61,7 +62,9 @@ WORDS: dict[str, tuple[str, str]] = {
     "style": ("Style image", "the look to take on: colours, textures, the feel of the picture"),
     "source_text": ("What the photo shows", "a few words, e.g. 'Cat'"),
     "text": ("What it should become", "e.g. 'Black Leopard'"),
-    "generator": ("Model", "Faces: aligned portraits, keeps the identity"),
+    "generator": ("Model", "Faces: aligned portraits, keeps the identity; ImageNet 512: larger pictures, slower"),
+    "class_label": ("ImageNet class", "what the 512 model draws toward: Random changes it every step (as the paper), "
+                                      "Auto holds the class closest to the text; type to find a class"),
     "steps": ("Diffusion steps", "more steps: finer detail, slower"),
     "skip": ("Keep more of the source (skip)", "higher keeps more of the photo and changes less"),
     "resampling": ("Resampling", "repeat the first step a few times: a stronger change for a little more time"),
@@ -109,7 +112,10 @@ COMPACT_HELP = {
               "change) or 'full' (DiffuseIT: the paper's settings)",
     "samples": f"Samples: pictures made in one run, 1 to {MAX_SAMPLES}, returned best first",
     "seed": "Seed of the first sample (sample k uses seed + k); -1 draws a random one",
-    "generator": "'imagenet' for any photo, 'ffhq' for aligned face portraits (keeps the identity)",
+    "generator": "'imagenet' for any photo, 'ffhq' for aligned face portraits (keeps the identity), 'imagenet512' "
+                 "for 512-pixel results where this server loads it (4× the pixels, slower)",
+    "class_label": "The ImageNet 512 model's class: 'random' (a new one every step), 'auto' (the class whose name is "
+                   "closest to the text; text mode) or a class id '0'-'999'; only with generator='imagenet512'",
     "method": "'diffuseit' (ICLR 2023) or 'agg' (CVPR 2024: faster, keeps more of the layout)",
 }
 

@@ -132,7 +132,8 @@ def _float64_plumbing(mp: pytest.MonkeyPatch, unet: UNet, vit: DinoFeatures) -> 
     vit.mean = torch.tensor(IMAGENET_DEFAULT_MEAN, dtype=torch.float64)
     vit.std = torch.tensor(IMAGENET_DEFAULT_STD, dtype=torch.float64)
 
-    def unet_eps(unet, schedule, x, i):
+    def unet_eps(unet, schedule, x, i, y=None):
+        assert y is None  # the 256 model has no classes
         return unet(x, sampler_mod.model_timesteps(schedule, i)).chunk(2, dim=1)[0]
 
     def vit_features(vit, x):

@@ -62,7 +62,7 @@ def test_batch_writes_results_and_resumes(tmp_path, capsys):
     assert sorted(r["source"] for r in rows) == ["broken.png", "img0.jpg", "img0.png", "img1.png"]
     assert "cannot read" in next(r["error"] for r in rows if r["source"] == "broken.png")
     assert (out / "img0.png-1.png").exists() and (out / "img0.jpg-1.png").exists() and (out / "img1-1.png").exists()
-    assert (out / "results.csv").read_text().startswith("content_score")
+    assert (out / "results.csv").read_text().startswith("class_label,content_score")
     picture(seed=5).save(inputs / "img2.png")
     capsys.readouterr()
     assert main(args) == 0  # resumes: only the new image is translated

@@ -31,6 +31,8 @@ TRANSLATE_EXAMPLES = [
     "python -m dsct translate examples/cat.png --style examples/hubble.png -o cat-hubble.png --fast",
     "python -m dsct translate examples/cat.png --method agg --text 'Black Leopard' --source-text 'Cat' "
     "-o leopard-agg.png --samples 2",
+    "python -m dsct translate examples/cat.png --text 'Black Leopard' --source-text 'Cat' -o leopard-512.png "
+    "--generator imagenet512 --class-label auto",
     "python -m dsct translate examples/cat.png --text 'Tiger' --source-text 'Cat' -o tiger.png --tiny --fast --size 64",
 ]
 BATCH_EXAMPLES = [

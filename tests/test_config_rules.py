@@ -75,7 +75,7 @@ def test_translation_config_defaults_are_the_text_demo():
 def test_choice_messages_list_every_choice():
     assert message(mode="video") == "mode='video' is not allowed: one of 'text', 'image'"
     assert message(resize_mode="stretch") == "resize_mode='stretch' is not allowed: one of 'resize', 'center_crop'"
-    assert model_message(generator="celeba") == "generator='celeba' is not allowed: one of 'imagenet', 'ffhq'"
+    assert model_message(generator="celeba") == "generator='celeba' is not allowed: one of 'imagenet', 'ffhq', 'imagenet512'"
     assert model_message(dtype="fp64") == "dtype='fp64' is not allowed: one of 'auto', 'fp32', 'bf16', 'fp16'"
     assert model_message(step_capture="graph") == \
         "step_capture='graph' is not allowed: one of 'eager', 'cuda-graph', 'compile'"
@@ -291,7 +291,7 @@ def test_preset_messages():
     assert str(err.value) == "mode='video' is not allowed: one of 'text', 'image'"
     with pytest.raises(ConfigError) as err:
         preset("text", generator="celeba")
-    assert str(err.value) == "generator='celeba' is not allowed: one of 'imagenet', 'ffhq'"
+    assert str(err.value) == "generator='celeba' is not allowed: one of 'imagenet', 'ffhq', 'imagenet512'"
     with pytest.raises(ConfigError) as err:
         preset("text", zeta=1, alpha=2, steps=10, skip=5)
     assert (err.value.field, err.value.value) == ("alpha", 2)  # the first unknown name, alphabetically

@@ -512,3 +512,22 @@ def test_cli_download_names_imagenet512(offline, monkeypatch, capsys, tiny_files
     monkeypatch.setitem(hub.WEIGHTS, "adm_imagenet512", tiny_entry("adm_imagenet512", data))
     assert cli.main(["download", "--names", "adm_imagenet512"]) == 0
     assert capsys.readouterr().out == f"adm_imagenet512\t{link}\n"
+
+
+def test_cli_download_a_generator_fetches_every_file_it_needs(offline, monkeypatch, capsys, tiny_files):
+    """``download imagenet512``: the 512 UNet and the ViT and CLIP files it runs with (offline, only the 512
+    file cached: the error lists the others, not it); a wrong name or both forms at once: one line, exit 2."""
+    from dsct import cli
+
+    data, _ = tiny_files["adm_imagenet512"]
+    put_in_cache(offline, *FILE_512, data)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(offline))
+    monkeypatch.setitem(hub.WEIGHTS, "adm_imagenet512", tiny_entry("adm_imagenet512", data))
+    assert cli.main(["download", "imagenet512"]) == 2
+    err = capsys.readouterr().err
+    assert "vit_base_patch8_224.dino" in err and "resnet50_clip.openai" in err and "512x512_diffusion.pt" not in err
+    assert "diffusion_openai.pt" not in err and "model_ir_se50.pth" not in err  # not the 256 or faces files
+    assert cli.main(["download", "imagenet1024"]) == 2
+    assert "unknown generator 'imagenet1024'" in capsys.readouterr().err
+    assert cli.main(["download", "imagenet512", "--names", "dino_vitb8"]) == 2
+    assert "generators or --names, not both" in capsys.readouterr().err

@@ -159,6 +159,8 @@ class _Rows:
 class RowGuide:
     """L_b = Σ w_b·x̂0_b with its own w per batch row and a fixed range value per row."""
 
+    fixed = SimpleNamespace(class_id=None)  # no class held (the stand-in UNet has no classes)
+
     def __init__(self, w, range_values):
         self.w, self.range_values = w, range_values
         self.config = SimpleNamespace(lambda_range=1.0, max_restarts=1)

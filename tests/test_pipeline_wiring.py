@@ -20,7 +20,7 @@ from dsct.clip import prompt_tokens
 from dsct.config import ModelConfig, preset
 from dsct.errors import ConfigError, ImageError
 from dsct.hub import Models
-from dsct.pipeline import _check_models, _check_seeds, check_request, check_text, prepare_images, translate
+from dsct.pipeline import check_models, _check_seeds, check_request, check_text, prepare_images, translate
 from dsct.sampler import SampleOutput
 from dsct.scoring import Scores
 
@@ -163,18 +163,18 @@ def test_prepare_images_by_hand():
 # --- models against settings ------------------------------------------------------------------------
 
 def test_models_must_be_loaded_for_their_weights():
-    err = config_error(_check_models, models(), settings("text", lambda_clip=2000.0))
+    err = config_error(check_models, models(), settings("text", lambda_clip=2000.0))
     assert str(err) == "lambda_clip=2000.0 is not allowed: 0 unless the CLIP models are loaded (load_clip=True)"
-    assert config_error(_check_models, models(), settings("text", lambda_clip=0.5)).value == 0.5  # any positive weight
-    assert config_error(_check_models, models(), settings("image", lambda_id=0.5)).value == 0.5
-    _check_models(models(), settings("text", lambda_clip=0.0))  # no CLIP weight, no CLIP needed
-    _check_models(models(), settings("image", lambda_clip=5.0))  # image mode never runs CLIP
-    _check_models(models(clip=SpyClip()), settings("text", lambda_clip=2000.0))
-    err = config_error(_check_models, models(), settings("image", lambda_id=10.0))
+    assert config_error(check_models, models(), settings("text", lambda_clip=0.5)).value == 0.5  # any positive weight
+    assert config_error(check_models, models(), settings("image", lambda_id=0.5)).value == 0.5
+    check_models(models(), settings("text", lambda_clip=0.0))  # no CLIP weight, no CLIP needed
+    check_models(models(), settings("image", lambda_clip=5.0))  # image mode never runs CLIP
+    check_models(models(clip=SpyClip()), settings("text", lambda_clip=2000.0))
+    err = config_error(check_models, models(), settings("image", lambda_id=10.0))
     assert str(err) == ("lambda_id=10.0 is not allowed: 0 unless the ArcFace model is loaded "
                         "(load_arcface=True, faces generator)")
-    _check_models(models(arcface=SpyArcFace()), settings("image", lambda_id=10.0))
-    _check_models(models(), settings("image", lambda_id=0.0))
+    check_models(models(arcface=SpyArcFace()), settings("image", lambda_id=10.0))
+    check_models(models(), settings("image", lambda_id=0.0))
 
 
 # --- seeds ------------------------------------------------------------------------------------------

@@ -37,6 +37,8 @@ class TableGuide:
     """Range term = bad[sample][t] (else 0), no gradient; records which samples each call's guide
     and state belong to."""
 
+    fixed = SimpleNamespace(class_id=None)  # no class held (the stand-in UNet has no classes)
+
     def __init__(self, bad, *, max_restarts, lambda_range=1.0, rows=None, seen=None):
         self.bad, self.rows = bad, list(range(len(bad))) if rows is None else rows
         self.config = SimpleNamespace(lambda_range=lambda_range, max_restarts=max_restarts)

@@ -143,10 +143,13 @@ def test_the_slider_shows_the_selected_result(tmp_path):
 
 def test_captions_put_rank_and_seed_scores_and_notes_on_lines_of_their_own():
     result = SimpleNamespace(rank=2, seed=8, content_score=0.12345, target_score=-0.5, restarts=1, note="cut short",
-                             tiny=False)
+                             tiny=False, class_label=None)
     assert caption(result, "agg") == "#2 · seed 8 · AGG\ncontent 0.123 · target -0.500\nrestarts 1 · cut short"
-    plain = SimpleNamespace(rank=1, seed=7, content_score=0.1, target_score=0.2, restarts=0, note=None, tiny=False)
+    plain = SimpleNamespace(rank=1, seed=7, content_score=0.1, target_score=0.2, restarts=0, note=None, tiny=False,
+                            class_label=None)
     assert caption(plain, "diffuseit") == "#1 · seed 7 · DiffuseIT\ncontent 0.100 · target 0.200"
+    held = SimpleNamespace(**{**vars(plain), "class_label": 291})  # the 512 model's class held for the run
+    assert caption(held, "diffuseit") == "#1 · seed 7 · DiffuseIT\ncontent 0.100 · target 0.200\nclass 291 lion"
 
 
 def test_one_photo_for_both_tabs(tmp_path):

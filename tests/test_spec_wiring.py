@@ -43,6 +43,8 @@ class _State(SimpleNamespace):
 class LinearGuide:
     """L = C·Σ w·x̂0 per sample (gradient C·k_t·w in closed form) and a fixed range term."""
 
+    fixed = SimpleNamespace(class_id=None)  # no class held (the stand-in UNet has no classes)
+
     def __init__(self, w, *, range_value=0.0, lambda_range=1.0, max_restarts=2):
         self.w, self.range_value = w, range_value
         self.config = SimpleNamespace(lambda_range=lambda_range, max_restarts=max_restarts)
