@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import distributed, hub
+from . import distributed, evaluate, hub
 from .batch import (
     CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_beat,
     rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, size_groups, write_csv, write_log,
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--names", nargs="+", default=None, help="registry names (default: all but the opt-in "
                     f"{', '.join(n for n, e in hub.WEIGHTS.items() if e.opt_in)}; --list shows them)")
     dl.add_argument("--list", action="store_true", help="list the registry and exit")
+    evaluate.add_parser(sub, fmt)
     return parser
 
 
@@ -276,6 +277,14 @@ def _record(source: Path, output: Path, r: Result) -> dict:
     """One output's row: what translate prints and what batch logs (``source`` first: batch.py reads it)."""
     return {"source": source.name, "output": output.name, "rank": r.rank, "seed": r.seed, "content_score": r.content_score,
             "target_score": r.target_score, "restarts": r.restarts, "tiny": r.tiny, **{f"loss_{k}": v for k, v in r.terms.items()}}
+
+
+def _asked(config: TranslationConfig, request: Request, args: argparse.Namespace, source: Path) -> dict:
+    """What a batch row adds for ``dsct eval``: the method and the request (texts, or the style image's path)."""
+    if request.style is None:
+        return {"method": config.method, "source_text": request.source_text, "text": request.text}
+    style = args.style if args.style is not None else args.prompts.parent / args.styles[source.name]
+    return {"method": config.method, "style": str(style)}
 
 
 def _cmd_translate(args: argparse.Namespace) -> int:
@@ -463,7 +472,7 @@ def _batch_group(models: hub.Models | None, jobs: dict[str, Request | DSCTError]
         for r in results:
             path = args.output_dir / f"{stems[source.name]}-{r.rank}.png"
             save_image(r.image, path)
-            rows[source.name].append(_record(source, path, r))
+            rows[source.name].append({**_record(source, path, r), **_asked(config, request, args, source)})
     return [rows[source.name] for source in group]
 
 
@@ -527,6 +536,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if not 1 <= args.images_per_batch <= MAX_IMAGES_PER_BATCH:
         raise DSCTError(f"--images-per-batch {args.images_per_batch} is out of range: give 1 to {MAX_IMAGES_PER_BATCH}")
     prompts = read_prompts(args.prompts) if args.prompts else None
+    args.styles = {row.source: row.prompts["style"].strip() for row in prompts[1] if "style" in row.prompts} if prompts else {}
     model_cfg, config = _configs(args, prompts[0] if prompts else _mode(args))
     inputs, jobs, unlisted = _batch_jobs(args, config, prompts[1] if prompts else None)
     ranks = distributed.start(_device(args.device))
@@ -611,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_target(args)
         if args.command in ("translate", "batch") and args.text is not None and not args.source_text:
             raise DSCTError("--source-text is required with --text: say what the source shows, e.g. --source-text 'Lion'")
-        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download}[args.command](args)
+        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download, "eval": evaluate.run}[args.command](args)
     except DSCTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
