@@ -225,6 +225,14 @@ def test_lpips_shipped_linear_layers_random_backbone():
     assert torch.allclose(ab, ba, rtol=1e-5) and (ab > 0).all()
 
 
+def test_lpips_takes_inputs_in_0_1_and_scales_them_to_minus1_1():
+    net = lpips_pkg.LPIPS(net="alex", version="0.1", pnet_rand=True, verbose=False).eval()
+    a, b = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        by_hand = net(2 * a - 1, 2 * b - 1).flatten()  # the package's own range, scaled here by hand
+    assert torch.allclose(evaluate.lpips_distances(net, a, b), by_hand)
+
+
 def test_dino_structure_distance_and_self_similarity():
     from dsct.vit import DinoFeatures, build_vit
     dino = DinoFeatures(build_vit("tiny").eval()).eval()
