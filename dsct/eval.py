@@ -25,7 +25,7 @@ from .losses import structure_loss
 __all__ = [
     "CLIPSCORE_WEIGHT", "RefStats", "ClassDistances", "squared_distance", "sfid", "class_means", "csfid",
     "sampling_floor", "mean_and_covariance", "frechet_distance", "art_fid", "clip_score",
-    "directional_similarity", "structure_distance", "cls_cosine", "reference_stats",
+    "directional_similarity", "structure_distance", "cls_cosine", "add_to_sums", "stats_from_sums", "reference_stats",
 ]
 
 CLIPSCORE_WEIGHT = 2.5  # Hessel et al. 2021: CLIPScore = w · max(cos, 0), w = 2.5
@@ -53,14 +53,22 @@ def squared_distance(a: Tensor, b: Tensor) -> float:
     return float(((a.double() - b.double()) ** 2).sum())
 
 
+def _check_width(features: Tensor, ref: Tensor) -> None:
+    """Output features and reference statistics of different widths come from different networks or layers."""
+    if features.ndim != 2 or features.shape[0] == 0:
+        raise DSCTError(f"SFID needs at least one output feature row, got shape {tuple(features.shape)}")
+    if features.shape[1] != ref.shape[-1]:
+        raise DSCTError(f"the reference statistics have {ref.shape[-1]} features per image, the outputs {features.shape[1]}: "
+                        "build them with the same Inception layer (pool3, 2048)")
+
+
 def sfid(features: Tensor, ref_mean: Tensor) -> float:
     """FlexIT's SFID: ‖mean of all output features − the reference mean‖² (means only, no covariance).
 
     Args:
         features: (N, D) one row per output.
     """
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise DSCTError(f"SFID needs at least one output feature row, got shape {tuple(features.shape)}")
+    _check_width(features, ref_mean)
     return squared_distance(features.double().mean(0), ref_mean)
 
 
@@ -82,6 +90,8 @@ def csfid(features: Tensor, labels: Sequence[str], ref_class_means: Mapping[str,
     if unknown := [c for c in means if c not in ref_class_means]:
         raise DSCTError(f"the reference statistics have no class {', '.join(map(repr, unknown[:3]))}"
                         f"{' …' if len(unknown) > 3 else ''}: the classes file and the statistics must use the same labels")
+    for c in means:
+        _check_width(features, ref_class_means[c])
     per_class = {c: squared_distance(m, ref_class_means[c]) for c, m in means.items()}
     counts = {c: list(labels).count(c) for c in means}
     value = sum(per_class.values()) / len(per_class) if per_class else None
@@ -163,11 +173,25 @@ def cls_cosine(cls: Tensor, cls_style: Tensor) -> Tensor:
     return F.cosine_similarity(cls.double(), cls_style.double(), dim=-1)
 
 
+def add_to_sums(sums: dict[str, Tensor], counts: dict[str, int], features: Tensor, labels: Sequence[str]) -> None:
+    """Add a batch of reference features to per-class float64 sums and counts (a reference set as large as
+    ImageNet's training set never has to sit in memory at once)."""
+    for row, label in zip(features.double(), labels):
+        sums[label] = sums[label] + row if label in sums else row.clone()
+        counts[label] = counts.get(label, 0) + 1
+
+
+def stats_from_sums(sums: Mapping[str, Tensor], counts: Mapping[str, int]) -> RefStats:
+    """Global mean over every reference image (so each class weighs by its image count), each class's mean."""
+    if not counts:
+        raise DSCTError("no reference images: nothing to build statistics from")
+    total = sum(sums.values())
+    return RefStats(total / sum(counts.values()), {c: sums[c] / counts[c] for c in sums}, dict(counts))
+
+
 def reference_stats(features: Tensor, labels: Sequence[str]) -> RefStats:
     """Global mean over every reference image, each class's mean, and the counts."""
-    if features.ndim != 2 or features.shape[0] == 0:
-        raise DSCTError("no reference images: nothing to build statistics from")
+    sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    return RefStats(features.double().mean(0), class_means(features, labels), counts)
+    add_to_sums(sums, counts, features, labels)
+    return stats_from_sums(sums, counts)

@@ -15,7 +15,6 @@ import contextlib
 import csv
 import io
 import json
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,12 +27,13 @@ from tqdm.auto import tqdm
 
 from . import eval as metrics
 from .batch import LOG_NAME, read_log, read_prompts, write_atomic
+from .benchmark import flexit_prompts, read_classes, read_stats, save_stats
 from .errors import DSCTError, ImageError, WeightsNotFound
 from .images import fit_to, load_image
 
 __all__ = [
     "FID_SIZE", "INCEPTION_FILE", "ALEXNET_FILE", "fid_crop", "missing_weights", "load_inception", "inception_features",
-    "load_lpips", "lpips_distances", "read_stats", "save_stats", "read_classes", "flexit_prompts", "add_parser", "run",
+    "load_lpips", "lpips_distances", "add_parser", "run",
 ]
 
 FID_SIZE = 256  # FlexIT: short side 256, centre crop 256; the network itself then resizes to 299
@@ -42,7 +42,6 @@ INCEPTION_FILE = ("pt_inception-2015-12-05-6726825d.pth",
 ALEXNET_FILE = ("alexnet-owt-7be5be79.pth", "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth")
 EVAL_CLIP = "ViT-B-32-quickgelu"  # CLIPScore's model
 CLIPSCORE_PROMPT = "A photo depicts {}"  # Hessel et al.'s prefix
-STATS_FORMAT = "dsct-reference-stats-1"
 METRICS = ("fid", "lpips", "clip", "dino")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 INSTALL_HINT = "pip install -r requirements-eval.txt (or pip install 'dsct[eval]')"
@@ -180,96 +179,18 @@ def _text_embeds(clip, texts: Sequence[str]) -> Tensor:
     return torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1).cpu()
 
 
-# --- files --------------------------------------------------------------------------------
-
-def save_stats(path: Path, stats: metrics.RefStats) -> None:
-    """Reference statistics as a plain dict of tensors, strings and ints (readable with weights_only=True)."""
-    payload = {"format": STATS_FORMAT, "mean": stats.mean, "class_means": stats.class_means, "counts": stats.counts}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    write_atomic(path, lambda fh: fh.write(buffer.getvalue()))
-
-
-def read_stats(path: Path) -> metrics.RefStats:
-    """Our statistics file, or FlexIT's published ``inception_stats_256.pt`` (keys mean / std / classwise,
-    classes by ImageNet index), read with ``weights_only=True``: no pickled code runs."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DSCTError(f"cannot read the statistics file {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-    if isinstance(data, dict) and data.get("format") == STATS_FORMAT:
-        return metrics.RefStats(data["mean"].double(), {str(k): v.double() for k, v in data["class_means"].items()},
-                                data.get("counts"))
-    if isinstance(data, dict) and "mean" in data and isinstance(data.get("classwise"), dict):
-        return metrics.RefStats(data["mean"].double(), {str(k): v["mean"].double() for k, v in data["classwise"].items()}, None)
-    raise DSCTError(f"{path} is neither a statistics file of `dsct eval stats` nor FlexIT's inception_stats_256.pt")
-
-
-def _read_csv(path: Path, what: str) -> list[dict[str, str]]:
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DSCTError(f"cannot read the {what} {path}: {getattr(e, 'strerror', None) or e}") from e
-    try:
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    except csv.Error as e:
-        raise DSCTError(f"cannot read the {what} {path}: {e}") from e
-
-
-def read_classes(path: Path) -> dict[str, str]:
-    """A classes file: columns ``source,class`` (or ``output,class``): file name -> target class label."""
-    rows = _read_csv(path, "classes file")
-    key = next((k for k in ("source", "output") if rows and k in rows[0]), None)
-    if not rows or key is None or "class" not in rows[0]:
-        raise DSCTError(f"{path}: a classes file needs a header source,class (or output,class) and one line per image")
-    return {r[key].strip(): r["class"].strip() for r in rows if r.get(key, "").strip()}
-
-
-def flexit_prompts(queries: Path, val_dir: Path, out: Path, *, split: str = "test", limit: int | None = None) -> int:
-    """FlexIT's ``queries.csv`` (id, path, source, source_id, target, target_id, is_test) to a dsct benchmark
-    folder: ``sources/ID.EXT`` (links to the ImageNet val images), ``prompts.csv`` for ``dsct batch
-    --prompts`` and ``classes.csv`` (target class = FlexIT's ImageNet index, as its statistics file keys it).
-    Returns the number of queries written."""
-    rows = _read_csv(queries, "queries file")
-    needed = {"path", "source", "target", "target_id", "is_test"}
-    if not rows or not needed <= set(rows[0]):
-        raise DSCTError(f"{queries}: not FlexIT's queries.csv (needs columns {', '.join(sorted(needed))})")
-    id_column = next(iter(rows[0]))  # the unnamed first column: the query id FlexIT names outputs by
-    wanted = {"test": ("True",), "dev": ("False",), "all": ("True", "False")}[split]
-    rows = [r for r in rows if r["is_test"] in wanted][:limit]
-    (out / "sources").mkdir(parents=True, exist_ok=True)
-    prompts, classes = [["source", "source_text", "text"]], [["source", "class"]]
-    for r in rows:
-        image = val_dir / r["path"]
-        if not image.is_file():
-            raise DSCTError(f"{image} not found: --imagenet-val must be the ImageNet validation folder with its class folders")
-        name = f"{r[id_column]}{image.suffix}"
-        link = out / "sources" / name
-        if not link.exists():
-            try:
-                link.symlink_to(image.resolve())
-            except OSError:
-                shutil.copyfile(image, link)
-        prompts.append([name, r["source"], r["target"]])
-        classes.append([name, r["target_id"]])
-    for file_name, table in (("prompts.csv", prompts), ("classes.csv", classes)):
-        text = io.StringIO(newline="")
-        csv.writer(text, lineterminator="\n").writerows(table)
-        write_atomic(out / file_name, lambda fh, t=text.getvalue(): fh.write(t.encode()))
-    return len(rows)
-
-
 # --- the items evaluated ------------------------------------------------------------------
 
 class Item(NamedTuple):
     """One output to score and what it was asked for."""
 
     output: Path
-    source: Path | None  # the translated photo, where known (--sources or --copy-baseline)
+    source_name: str  # the source's file name, as results.jsonl records it
+    source: Path | None  # that file, where its folder is known (--sources, or --copy-baseline)
     text: str | None
     source_text: str | None
     style: Path | None
-    label: str | None  # target class for CSFID
+    label: str | None = None  # target class for CSFID
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -279,6 +200,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def _style_path(value: str | None, style_dir: Path | None) -> Path | None:
+    """A recorded style image: the path batch read, or its file name in ``--style-dir``."""
     if not value:
         return None
     return style_dir / Path(value).name if style_dir is not None else Path(value)
@@ -292,44 +214,44 @@ def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
                         "or --copy-baseline for a folder of source images")
     rows, problems = read_log(log)
     notes = [f"note: {log}: {len(problems)} unusable line(s) left out"] if problems else []
-    errors = [r for r in rows if "error" in r]
-    if errors:
-        notes.append(f"note: {len(errors)} source(s) recorded as errors have no output and are left out")
+    if errors := sum("error" in r for r in rows):
+        notes.append(f"note: {errors} source(s) recorded as errors have no output and are left out")
     items = []
     for r in (r for r in rows if "error" not in r):
         output = args.folder / r["output"]
         if not output.is_file():
             raise DSCTError(f"{output} is listed in {log} but not there: run the batch again to finish it")
         source = args.sources / r["source"] if args.sources is not None else None
-        items.append(Item(output, source, r.get("text"), r.get("source_text"), _style_path(r.get("style"), args.style_dir), None))
+        items.append(Item(output, r["source"], source, r.get("text"), r.get("source_text"),
+                          _style_path(r.get("style"), args.style_dir)))
     if not items:
         raise DSCTError(f"{log} lists no translated image")
     return items, notes
 
 
 def _copy_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
-    """FlexIT's COPY baseline: every source is its own output (its 256 crop is what is scored)."""
-    prompts: dict[str, dict[str, str]] = {}
-    if args.prompts is not None:
-        prompts = {row.source: row.prompts for row in read_prompts(args.prompts)[1]}
-    folder = args.prompts.parent if args.prompts is not None else Path(".")
-    items = [Item(p, p, prompts.get(p.name, {}).get("text"), prompts.get(p.name, {}).get("source_text"),
-                  _style_path(str(folder / prompts[p.name]["style"]) if prompts.get(p.name, {}).get("style") else None,
-                              args.style_dir), None)
-             for p in _images_in(args.folder)]
+    """FlexIT's COPY baseline: every source is its own output (its 256 crop is what is scored); the
+    prompts file, where given, says what each was asked to become (style paths from its folder)."""
+    asked = {row.source: row.prompts for row in read_prompts(args.prompts)[1]} if args.prompts is not None else {}
+    items = []
+    for p in _images_in(args.folder):
+        prompts = asked.get(p.name, {})
+        style = prompts.get("style", "").strip()
+        items.append(Item(p, p.name, p, prompts.get("text"), prompts.get("source_text"),
+                          _style_path(str(args.prompts.parent / style) if style else None, args.style_dir)))
     if not items:
         raise DSCTError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.folder}")
     return items, []
 
 
 def _with_classes(items: list[Item], classes: dict[str, str], path: Path) -> list[Item]:
-    """Each item's target class by its source's (or output's) file name; a name that matches nothing is an error."""
-    known = {i.output.name for i in items} | {i.source.name for i in items if i.source is not None}
+    """Each item's target class, by its source's file name (or its output's); a name that matches no
+    item is an error: a classes file for another run would silently score the wrong images."""
+    known = {i.output.name for i in items} | {i.source_name for i in items}
     if unknown := [name for name in classes if name not in known]:
         raise DSCTError(f"{path} names {len(unknown)} image(s) that are not outputs or sources here: "
                         f"{', '.join(unknown[:3])}{' …' if len(unknown) > 3 else ''}")
-    return [i._replace(label=classes.get(i.source.name if i.source is not None else "", classes.get(i.output.name)))
-            for i in items]
+    return [i._replace(label=classes.get(i.source_name, classes.get(i.output.name))) for i in items]
 
 
 def _open(path: Path, what: str) -> Image.Image:
@@ -337,6 +259,12 @@ def _open(path: Path, what: str) -> Image.Image:
         return load_image(path, name=f"{what} {path}")
     except ImageError as e:
         raise ImageError(f"{e} (cannot evaluate it)") from e
+
+
+def _to01(image: Image.Image) -> Tensor:
+    """RGB PIL image -> (3, H, W) float32 in 0–1."""
+    data = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
+    return data.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -354,34 +282,26 @@ def _fid_features(net: nn.Module, paths: Sequence[Path], what: str, args: argpar
     out = []
     with _progress(len(paths), f"Inception ({what})", args.quiet) as bar:
         for chunk in _chunks(len(paths), args.batch_size):
-            batch = torch.stack([fid_crop(_open(paths[k], what)) for k in chunk])
-            out.append(inception_features(net, batch))
+            out.append(inception_features(net, torch.stack([fid_crop(_open(paths[k], what)) for k in chunk])))
             bar.update(len(chunk))
     return torch.cat(out)
 
 
-def _pairs(items: Sequence[Item], args: argparse.Namespace, desc: str):
-    """(indices, outputs 0–1, sources 0–1) batches of equal-size pairs; the source is fitted to its
-    output's size as the translator fitted it (``images.fit_to``)."""
+def _batches(items: Sequence[Item], args: argparse.Namespace, desc: str, *, sources: bool):
+    """(indices, outputs, sources or None) batches of up to ``--batch-size`` images of one size, 0–1.
+    Each source is fitted to its output's size as the translator fitted it (``images.fit_to``)."""
     by_size: dict[tuple[int, int], list[int]] = {}
-    loaded = {}
+    for k, item in enumerate(items):  # decoded sizes: EXIF rotation can swap a header's width and height
+        by_size.setdefault(_open(item.output, "output").size, []).append(k)
     with _progress(len(items), desc, args.quiet) as bar:
-        for k, item in enumerate(items):
-            out = _open(item.output, "output")
-            loaded[k] = out
-            by_size.setdefault(out.size, []).append(k)
-        for size, ks in by_size.items():
+        for ks in by_size.values():
             for chunk in _chunks(len(ks), args.batch_size):
                 idx = [ks[c] for c in chunk]
-                outs = torch.stack([_to01(loaded[k]) for k in idx])
-                srcs = torch.stack([_to01(fit_to(_open(items[k].source, "source"), *size)) for k in idx])
-                yield idx, outs, srcs
+                outs = [_open(items[k].output, "output") for k in idx]
+                srcs = (torch.stack([_to01(fit_to(_open(items[k].source, "source"), *o.size)) for k, o in zip(idx, outs)])
+                        if sources else None)
+                yield idx, torch.stack([_to01(o) for o in outs]), srcs
                 bar.update(len(idx))
-
-
-def _to01(image: Image.Image) -> Tensor:
-    data = torch.frombuffer(bytearray(image.convert("RGB").tobytes()), dtype=torch.uint8)
-    return data.view(image.height, image.width, 3).permute(2, 0, 1).float() / 255.0
 
 
 def _device(name: str) -> torch.device:
@@ -393,131 +313,136 @@ def _device(name: str) -> torch.device:
         raise DSCTError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _score(items: list[Item], args: argparse.Namespace) -> tuple[dict, list[dict], list[str]]:
     """Every metric the inputs allow: the summary, one row per output, and notes."""
     device, wanted = _device(args.device), set(args.metrics)
-    per = [{"output": i.output.name, "source": i.source.name if i.source else "", "class": i.label or ""} for i in items]
+    per = [{"output": i.output.name, "source": i.source_name, "class": i.label or ""} for i in items]
     summary: dict = {"outputs": len(items)}
     notes: list[str] = []
     paired = [k for k, i in enumerate(items) if i.source is not None]
     if len(paired) < len(items) and wanted & {"lpips", "clip", "dino"}:
         notes.append("note: LPIPS, CLIP direction and DINO structure need the sources: give --sources (the batch's input folder)")
-
-    if "fid" in wanted:
-        _fid_metrics(items, args, device, summary, notes)
+    art_fid_style = _fid_metrics(items, args, device, summary, notes) if "fid" in wanted else None
     if "lpips" in wanted and paired:
-        net = load_lpips(device)
-        scale = 100.0 if args.lpips_x100 else 1.0
-        for idx, outs, srcs in _pairs([items[k] for k in paired], args, "LPIPS"):
+        net, scale = load_lpips(device), 100.0 if args.lpips_x100 else 1.0
+        for idx, outs, srcs in _batches([items[k] for k in paired], args, "LPIPS", sources=True):
             for k, d in zip(idx, lpips_distances(net, srcs, outs).tolist()):
                 per[paired[k]]["lpips"] = scale * d
         summary["lpips"] = _mean([r["lpips"] for r in per if "lpips" in r])
         summary["lpips_scale"] = "x100 (FlexIT)" if args.lpips_x100 else "0-1"
+        if art_fid_style is not None:  # ArtFID takes LPIPS on its 0–1 scale
+            summary["art_fid"] = metrics.art_fid(summary["lpips"] / scale, art_fid_style)
     if "dino" in wanted:
-        _dino_metrics(items, paired, per, args, device, summary)
+        _dino_metrics(items, paired, per, args, device)
     if "clip" in wanted:
-        _clip_metrics(items, per, args, device, summary)
-    art_fid_style = summary.pop("_art_fid_style", None)
-    if art_fid_style is not None and summary.get("lpips") is not None:  # ArtFID takes LPIPS on its 0–1 scale
-        summary["art_fid"] = metrics.art_fid(summary["lpips"] / (100.0 if args.lpips_x100 else 1.0), art_fid_style)
+        _clip_metrics(items, per, args, device)
+    for key in ("dino_structure", "dino_cls_cosine", "clip_score", "clip_direction"):
+        if values := [r[key] for r in per if key in r]:
+            summary[key] = _mean(values)
     return summary, per, notes
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    return sum(values) / len(values) if values else None
+def _span(counts: Sequence[int]) -> str:
+    """'4' when every class has 4, '2-5' otherwise."""
+    return f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)}-{max(counts)}"
 
 
-def _fid_metrics(items: list[Item], args: argparse.Namespace, device: torch.device, summary: dict, notes: list[str]) -> None:
-    """SFID, CSFID (with counts and sampling floor), and FID / ArtFID's FID to the style images."""
+def _fid_metrics(items: list[Item], args: argparse.Namespace, device: torch.device, summary: dict,
+                 notes: list[str]) -> float | None:
+    """SFID, CSFID (with the counts and the sampling floor), FID to the style images; returns the FID
+    for ArtFID (with its art Inception) where asked for."""
     net = load_inception(device)
     feats = _fid_features(net, [i.output for i in items], "outputs", args)
     if args.stats is not None:
         stats = read_stats(args.stats)
         summary["sfid"] = metrics.sfid(feats, stats.mean)
         labelled = [k for k, i in enumerate(items) if i.label is not None]
-        if args.classes is not None and labelled:
-            labels = [items[k].label for k in labelled]
-            result = metrics.csfid(feats[labelled], labels, stats.class_means)
-            counts = sorted(result.counts.values())
-            summary["classes"] = len(result.counts)
-            summary["outputs_per_class"] = f"{counts[0]}" if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
-            ref = [stats.counts[c] for c in result.counts] if stats.counts else []
-            summary["reference_per_class"] = (f"{min(ref)}" if ref and min(ref) == max(ref) else f"{min(ref)}-{max(ref)}"
-                                              if ref else "unknown (FlexIT's file has no counts)")
-            if counts[-1] < 2:
-                notes.append("note: CSFID is undefined with one output per class (it measures single images, not "
-                             "class distributions); not reported")
-            else:
-                summary["csfid"] = result.value
-                summary["csfid_floor"] = metrics.sampling_floor(feats[labelled], labels)
-            summary["csfid_per_class"] = result.per_class
+        if labelled:
+            _class_metrics(feats[labelled], [items[k].label for k in labelled], stats, summary, notes)
             if len(labelled) < len(items):
                 notes.append(f"note: {len(items) - len(labelled)} output(s) have no class in {args.classes}: not in CSFID")
+        else:
+            notes.append("note: CSFID needs each output's target class: give --classes FILE.csv")
     else:
         notes.append("note: no --stats: SFID and CSFID need reference statistics (`dsct eval stats --ref DIR`, or FlexIT's file)")
     styles = sorted({i.style for i in items if i.style is not None})
-    if styles:
-        if len(styles) < 2 or len(items) < 2:
-            notes.append(f"note: FID to the style images needs at least two images in each set "
-                         f"({len(items)} outputs, {len(styles)} style image(s)); not reported")
-            return
-        style_feats = _fid_features(net, styles, "style images", args)
-        out_stats, style_stats = metrics.mean_and_covariance(feats), metrics.mean_and_covariance(style_feats)
-        summary["fid_style"] = metrics.frechet_distance(*out_stats, *style_stats)
-        if args.artfid_inception is not None:
-            art = load_inception(device, args.artfid_inception)
-            a = metrics.mean_and_covariance(_fid_features(art, [i.output for i in items], "outputs, art Inception", args))
-            b = metrics.mean_and_covariance(_fid_features(art, styles, "style images, art Inception", args))
-            summary["_art_fid_style"] = metrics.frechet_distance(*a, *b)
+    if not styles:
+        return None
+    if len(styles) < 2 or len(items) < 2:
+        notes.append(f"note: FID to the style images needs at least two images in each set "
+                     f"({len(items)} outputs, {len(styles)} style image(s)); not reported")
+        return None
+    style_feats = _fid_features(net, styles, "style images", args)
+    summary["fid_style"] = metrics.frechet_distance(*metrics.mean_and_covariance(feats),
+                                                    *metrics.mean_and_covariance(style_feats))
+    if args.artfid_inception is None:
+        return None
+    art = load_inception(device, args.artfid_inception)
+    a = metrics.mean_and_covariance(_fid_features(art, [i.output for i in items], "outputs, art Inception", args))
+    b = metrics.mean_and_covariance(_fid_features(art, styles, "style images, art Inception", args))
+    return metrics.frechet_distance(*a, *b)
 
 
-def _dino_metrics(items: list[Item], paired: list[int], per: list[dict], args: argparse.Namespace,
-                  device: torch.device, summary: dict) -> None:
+def _class_metrics(feats: Tensor, labels: list[str], stats: metrics.RefStats, summary: dict, notes: list[str]) -> None:
+    """CSFID with what it depends on: classes, outputs and reference images per class, the sampling floor."""
+    result = metrics.csfid(feats, labels, stats.class_means)
+    summary["classes"] = len(result.counts)
+    summary["outputs_per_class"] = _span(list(result.counts.values()))
+    summary["reference_per_class"] = (_span([stats.counts[c] for c in result.counts]) if stats.counts
+                                      else "unknown (FlexIT's file has no counts)")
+    if max(result.counts.values()) < 2:
+        notes.append("note: CSFID is undefined with one output per class (it measures single images, not "
+                     "class distributions); not reported")
+        return
+    summary["csfid"] = result.value
+    summary["csfid_floor"] = metrics.sampling_floor(feats, labels)
+    summary["csfid_per_class"] = result.per_class
+
+
+def _dino_metrics(items: list[Item], paired: list[int], per: list[dict], args: argparse.Namespace, device: torch.device) -> None:
     """Structure distance to the source and [CLS] cosine to the style image (DINO ViT-B/8, inputs 0–1)."""
     styled = [k for k, i in enumerate(items) if i.style is not None]
     if not paired and not styled:
         return
     dino = _load_dino(args.tiny, device)
     with torch.no_grad():
-        for idx, outs, srcs in _pairs([items[k] for k in paired], args, "DINO structure"):
+        for idx, outs, srcs in _batches([items[k] for k in paired], args, "DINO structure", sources=True):
             d = metrics.structure_distance(dino(outs.to(device)).self_sim, dino(srcs.to(device)).self_sim)
             for k, v in zip(idx, d.tolist()):
                 per[paired[k]]["dino_structure"] = v
         style_cls = {p: dino(_to01(_open(p, "style image"))[None].to(device)).cls for p in {items[k].style for k in styled}}
-        for k in styled:
-            cls = dino(_to01(_open(items[k].output, "output"))[None].to(device)).cls
-            per[k]["dino_cls_cosine"] = float(metrics.cls_cosine(cls, style_cls[items[k].style])[0])
-    for key in ("dino_structure", "dino_cls_cosine"):
-        if values := [r[key] for r in per if key in r]:
-            summary[key] = _mean(values)
+        for idx, outs, _ in _batches([items[k] for k in styled], args, "DINO style", sources=False):
+            cls = dino(outs.to(device)).cls
+            trg = torch.cat([style_cls[items[styled[k]].style] for k in idx])
+            for k, v in zip(idx, metrics.cls_cosine(cls, trg).tolist()):
+                per[styled[k]]["dino_cls_cosine"] = v
 
 
-def _clip_metrics(items: list[Item], per: list[dict], args: argparse.Namespace, device: torch.device, summary: dict) -> None:
-    """CLIPScore to the target text, and the directional similarity where the source and its text are known."""
+def _clip_metrics(items: list[Item], per: list[dict], args: argparse.Namespace, device: torch.device) -> None:
+    """CLIPScore to the target text; the directional similarity where the source and its text are known too."""
     texted = [k for k, i in enumerate(items) if i.text]
     if not texted:
         return
     clip = _load_clip(args.tiny, device)
+    chosen = [items[k] for k in texted]
+    directed = {k for k, i in enumerate(chosen) if i.source is not None and i.source_text}
     with torch.no_grad():
-        for chunk in _chunks(len(texted), args.batch_size):
-            ks = [texted[c] for c in chunk]
-            outs = [_to01(_open(items[k].output, "output"))[None].to(device) for k in ks]
-            out_emb = torch.cat([clip.center_embeddings(x)[0].cpu() for x in outs])
-            scores = metrics.clip_score(out_emb, _text_embeds(clip, [CLIPSCORE_PROMPT.format(items[k].text) for k in ks]))
-            for k, s in zip(ks, scores.tolist()):
-                per[k]["clip_score"] = s
-            directed = [(j, k) for j, k in enumerate(ks) if items[k].source is not None and items[k].source_text]
-            if directed:
-                src_emb = torch.cat([clip.center_embeddings(_to01(fit_to(_open(items[k].source, "source"),
-                                     *outs[j].shape[-1:-3:-1]))[None].to(device))[0].cpu() for j, k in directed])
-                trg_txt = _text_embeds(clip, [items[k].text for _, k in directed])
-                src_txt = _text_embeds(clip, [items[k].source_text for _, k in directed])
-                sims = metrics.directional_similarity(src_emb, out_emb[[j for j, _ in directed]], src_txt, trg_txt)
-                for (_, k), s in zip(directed, sims.tolist()):
-                    per[k]["clip_direction"] = s
-    for key in ("clip_score", "clip_direction"):
-        if values := [r[key] for r in per if key in r]:
-            summary[key] = _mean(values)
+        for idx, outs, srcs in _batches(chosen, args, "CLIP", sources=bool(directed) and len(directed) == len(chosen)):
+            out_emb = clip.center_embeddings(outs.to(device))[0].cpu()
+            text_emb = _text_embeds(clip, [CLIPSCORE_PROMPT.format(chosen[k].text) for k in idx])
+            for k, s in zip(idx, metrics.clip_score(out_emb, text_emb).tolist()):
+                per[texted[k]]["clip_score"] = s
+            if srcs is None:
+                continue
+            src_emb = clip.center_embeddings(srcs.to(device))[0].cpu()
+            trg_txt = _text_embeds(clip, [chosen[k].text for k in idx])
+            src_txt = _text_embeds(clip, [chosen[k].source_text for k in idx])
+            for k, s in zip(idx, metrics.directional_similarity(src_emb, out_emb, src_txt, trg_txt).tolist()):
+                per[texted[k]]["clip_direction"] = s
 
 
 # --- output -------------------------------------------------------------------------------
@@ -532,24 +457,24 @@ LABELS = {
 
 
 def _table(summary: dict) -> str:
+    """The summary as aligned lines, in a fixed order (per-class distances only in metrics.json)."""
     lines = []
     for key, label in LABELS.items():
-        if key in summary and summary[key] is not None:
-            value = summary[key]
-            text = f"{value:.4f}" if isinstance(value, float) else str(value)
-            if key == "lpips":
-                text += f"  ({summary['lpips_scale']})"
-            lines.append(f"{label:<44} {text}")
+        value = summary.get(key)
+        if value is None:
+            continue
+        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"{label:<44} {text}{'  (' + summary['lpips_scale'] + ')' if key == 'lpips' else ''}")
     return "\n".join(lines)
 
 
 def _write(out: Path, summary: dict, per: list[dict]) -> None:
+    """metrics.json (the summary) and metrics.csv (one row per output), each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(summary, indent=2, allow_nan=False, default=str) + "\n"
+    text = json.dumps(summary, indent=2) + "\n"
     write_atomic(out / "metrics.json", lambda fh: fh.write(text.encode()))
-    names = list(dict.fromkeys(k for row in per for k in row))
     table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=names)
+    writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(k for row in per for k in row)))
     writer.writeheader()
     writer.writerows(per)
     write_atomic(out / "metrics.csv", lambda fh: fh.write(table.getvalue().encode()))
@@ -558,22 +483,26 @@ def _write(out: Path, summary: dict, per: list[dict]) -> None:
 # --- sub-actions --------------------------------------------------------------------------
 
 def _cmd_stats(args: argparse.Namespace) -> int:
+    """Reference statistics from class sub-folders, accumulated batch by batch."""
     if args.ref is None or args.output_dir is None:
         raise DSCTError("eval stats needs --ref DIR (class sub-folders of reference images) and -o FILE.pt")
     if not args.ref.is_dir():
         raise DSCTError(f"--ref {args.ref}: folder not found")
     folders = sorted(p for p in args.ref.iterdir() if p.is_dir())
-    paths, labels = [], []
-    for index, folder in enumerate(folders):
-        for p in _images_in(folder):
-            paths.append(p)
-            labels.append(str(index) if args.class_index else folder.name)
-    if not paths:
+    listed = [(p, str(index) if args.class_index else folder.name)
+              for index, folder in enumerate(folders) for p in _images_in(folder)]
+    if not listed:
         raise DSCTError(f"no images in class sub-folders of {args.ref}")
     net = load_inception(_device(args.device))
-    stats = metrics.reference_stats(_fid_features(net, paths, "reference", args), labels)
-    save_stats(args.output_dir, stats)
-    print(f"{args.output_dir}: {len(paths)} images, {len(stats.class_means)} classes")
+    sums: dict[str, Tensor] = {}
+    counts: dict[str, int] = {}
+    with _progress(len(listed), "Inception (reference)", args.quiet) as bar:
+        for chunk in _chunks(len(listed), args.batch_size):
+            batch = torch.stack([fid_crop(_open(listed[k][0], "reference image")) for k in chunk])
+            metrics.add_to_sums(sums, counts, inception_features(net, batch), [listed[k][1] for k in chunk])
+            bar.update(len(chunk))
+    save_stats(args.output_dir, metrics.stats_from_sums(sums, counts))
+    print(f"{args.output_dir}: {len(listed)} images, {len(counts)} classes")
     return 0
 
 
@@ -586,13 +515,11 @@ def _cmd_flexit(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``python -m dsct eval``: dispatch to the sub-action named by the first argument."""
+    """``python -m dsct eval``: the sub-action its first argument names, or the scoring of a folder."""
     if not 1 <= args.batch_size <= 1024:
         raise DSCTError(f"--batch-size {args.batch_size} is out of range: give 1 to 1024")
-    if str(args.folder) == "stats":
-        return _cmd_stats(args)
-    if str(args.folder) == "flexit":
-        return _cmd_flexit(args)
+    if str(args.folder) in ("stats", "flexit"):
+        return (_cmd_stats if str(args.folder) == "stats" else _cmd_flexit)(args)
     if args.copy_baseline and args.output_dir is None:
         raise DSCTError("--copy-baseline scores the source folder itself: give -o DIR for metrics.json and metrics.csv")
     items, notes = (_copy_items if args.copy_baseline else _batch_items)(args)

@@ -18,7 +18,7 @@ from eval_weights import ALEXNET_NAME, INCEPTION_NAME, install_random_weights, r
 
 pytest.importorskip("pytorch_fid")
 lpips_pkg = pytest.importorskip("lpips")
-from dsct import evaluate  # noqa: E402
+from dsct import benchmark, evaluate  # noqa: E402
 
 
 # --- SFID / CSFID / floor -----------------------------------------------------------------
@@ -85,6 +85,16 @@ def test_reference_stats_counts_and_means():
     stats = m.reference_stats(feats, ["x", "x", "y"])
     assert stats.counts == {"x": 2, "y": 1}
     assert stats.mean.tolist() == [2.0, 4.0] and stats.class_means["x"].tolist() == [1.0, 2.0]
+
+
+def test_statistics_summed_in_batches_weigh_each_image_once():
+    sums, counts = {}, {}
+    m.add_to_sums(sums, counts, torch.tensor([[0.0], [2.0]]), ["a", "a"])
+    m.add_to_sums(sums, counts, torch.tensor([[4.0], [9.0]]), ["a", "b"])
+    stats = m.stats_from_sums(sums, counts)
+    # a: 0, 2, 4 -> mean 2; b: 9; global (0 + 2 + 4 + 9)/4 = 3.75, not the mean of class means (5.5)
+    assert stats.counts == {"a": 3, "b": 1} and stats.class_means["a"].item() == 2.0
+    assert stats.mean.item() == pytest.approx(3.75)
 
 
 # --- FID / ArtFID / CLIP ------------------------------------------------------------------
@@ -255,7 +265,7 @@ def test_flexit_stats_file_is_read_with_weights_only(tmp_path):
     path = tmp_path / "inception_stats_256.pt"
     mean = torch.arange(4, dtype=torch.float32)
     torch.save({"mean": mean, "std": torch.ones(4), "classwise": {7: {"mean": mean + 1, "std": torch.ones(4)}}}, path)
-    stats = evaluate.read_stats(path)
+    stats = benchmark.read_stats(path)
     assert stats.mean.tolist() == [0, 1, 2, 3] and stats.class_means["7"].tolist() == [1, 2, 3, 4] and stats.counts is None
 
     class Evil:
@@ -263,12 +273,12 @@ def test_flexit_stats_file_is_read_with_weights_only(tmp_path):
             return (print, ("pickled code ran",))
     torch.save({"mean": Evil()}, path)
     with pytest.raises(DSCTError, match="cannot read the statistics file"):
-        evaluate.read_stats(path)
+        benchmark.read_stats(path)
 
 
 def test_own_stats_round_trip(tmp_path):
     stats = m.reference_stats(torch.tensor([[1.0, 1.0], [3.0, 5.0]]), ["n01", "n02"])
-    evaluate.save_stats(tmp_path / "s.pt", stats)
-    back = evaluate.read_stats(tmp_path / "s.pt")
+    benchmark.save_stats(tmp_path / "s.pt", stats)
+    back = benchmark.read_stats(tmp_path / "s.pt")
     assert back.counts == {"n01": 1, "n02": 1} and back.mean.tolist() == [2.0, 3.0]
     assert back.class_means["n02"].tolist() == [3.0, 5.0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from dsct.cli import main
 
@@ -197,3 +198,30 @@ def test_flexit_queries_become_prompts_classes_and_linked_sources(tmp_path, caps
     assert len((tmp_path / "b2" / "classes.csv").read_text().splitlines()) == 3
     assert main(["eval", "flexit", "--queries", str(queries), "--imagenet-val", str(tmp_path), "-o", str(tmp_path / "b3")]) == 2
     assert "not found: --imagenet-val must be the ImageNet validation folder" in capsys.readouterr().err
+
+
+def test_batch_points_flexits_queries_file_to_the_converter(tmp_path, capsys):
+    queries = tmp_path / "queries.csv"
+    queries.write_text(",path,source,source_id,target,target_id,is_test\n1,n1/a.JPEG,beagle,162,Afghan hound,160,True\n")
+    (tmp_path / "in").mkdir()
+    assert main(["batch", str(tmp_path / "in"), "--prompts", str(queries), "-o", str(tmp_path / "out"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "is FlexIT's queries.csv" in err and "python -m dsct eval flexit --queries" in err
+
+
+def test_classes_by_source_name_need_no_sources_folder(run, tmp_path):
+    outputs = {r["output"]: CLASSES[r["source"]] for r in _rows(run.out)}
+    stats = tmp_path / "stats.pt"
+    assert main(["eval", "stats", "--ref", str(_reference_of(run.out, outputs, tmp_path / "ref")), "-o", str(stats), "--quiet"]) == 0
+    assert main(["eval", str(run.out), "--classes", str(run.classes), "--stats", str(stats), "-o", str(tmp_path / "m"),
+                 "--quiet", "--metrics", "fid"]) == 0
+    summary = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert summary["classes"] == 2 and summary["csfid"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_statistics_of_another_width_are_refused(run, tmp_path, capsys):
+    path = tmp_path / "narrow.pt"
+    torch.save({"mean": torch.zeros(768), "std": torch.ones(768), "classwise": {0: {"mean": torch.zeros(768)}}}, path)
+    assert main(["eval", str(run.out), "--stats", str(path), "-o", str(tmp_path / "m"), "--quiet", "--metrics", "fid"]) == 2
+    err = capsys.readouterr().err
+    assert "768 features per image, the outputs 2048" in err and "Traceback" not in err
