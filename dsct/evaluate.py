@@ -16,20 +16,25 @@ import csv
 import io
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import open_clip
 import torch
 from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import eval as metrics
+from . import hub
 from .batch import LOG_NAME, read_log, read_prompts, write_atomic
 from .benchmark import flexit_prompts, read_classes, read_stats, save_stats
+from .clip import ClipEnsemble
+from .config import ModelConfig
 from .errors import DSCTError, ImageError, WeightsNotFound
 from .images import fit_to, load_image
+from .vit import DinoFeatures
 
 __all__ = [
     "FID_SIZE", "INCEPTION_FILE", "ALEXNET_FILE", "fid_crop", "missing_weights", "load_inception", "inception_features",
@@ -144,31 +149,24 @@ def lpips_distances(net: nn.Module, a01: Tensor, b01: Tensor) -> Tensor:
     return net(a01.to(device), b01.to(device), normalize=True).flatten().float().cpu()
 
 
-def _load_clip(tiny: bool, device: torch.device):
-    from .clip import ClipEnsemble, build_clip_models
+def _tiny(device: torch.device) -> hub.Models:
+    """The seeded tiny models ``--tiny`` translates with (fp32): the same DINO and CLIP as a tiny batch run."""
+    return hub.load_models(ModelConfig(tiny=True, load_clip=True, dtype="fp32"), device)
+
+
+def _load_clip(tiny: bool, device: torch.device) -> ClipEnsemble:
+    """CLIPScore's ViT-B/32 (OpenAI weights through hub.py) as a one-model ensemble; --tiny: the tiny ensemble."""
     if tiny:
-        return _seeded(lambda: build_clip_models(("tiny-vit",))).to(device).eval()
-    from . import hub
-    import open_clip
-    model = hub.load_clip_model(hub.CLIP_WEIGHTS[EVAL_CLIP]).to(device).eval()
+        return _tiny(device).clip
+    model = hub.load_clip_model(hub.CLIP_WEIGHTS[EVAL_CLIP]).to(device).eval().requires_grad_(False)
     return ClipEnsemble([model], [open_clip.get_tokenizer(EVAL_CLIP)], [EVAL_CLIP]).eval()
 
 
-def _load_dino(tiny: bool, device: torch.device):
-    from .vit import DinoFeatures, build_vit
+def _load_dino(tiny: bool, device: torch.device) -> DinoFeatures:
+    """DINO ViT-B/8 (hub.py) behind the project's feature wrapper; --tiny: the tiny ViT."""
     if tiny:
-        vit = _seeded(lambda: build_vit("tiny"))
-    else:
-        from . import hub
-        vit = hub.load_vit("dino_vitb8")
-    return DinoFeatures(vit.to(device).eval().requires_grad_(False)).eval()
-
-
-def _seeded(build: Callable[[], nn.Module]) -> nn.Module:
-    from .hub import TINY_SEED
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
-        return build()
+        return _tiny(device).vit
+    return DinoFeatures(hub.load_vit("dino_vitb8").to(device).eval().requires_grad_(False)).eval()
 
 
 @torch.no_grad()
@@ -217,7 +215,7 @@ def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
     if errors := sum("error" in r for r in rows):
         notes.append(f"note: {errors} source(s) recorded as errors have no output and are left out")
     items = []
-    for r in (r for r in rows if "error" not in r):
+    for r in (r for r in rows if "error" not in r and (r["rank"] == 1 or not args.best_only)):
         output = args.folder / r["output"]
         if not output.is_file():
             raise DSCTError(f"{output} is listed in {log} but not there: run the batch again to finish it")
@@ -567,6 +565,8 @@ def add_parser(sub, formatter_class) -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE.csv", help="with --copy-baseline: the texts or styles asked for")
     p.add_argument("--style-dir", type=Path, default=None, help="look up the recorded style images by file name in this folder")
     p.add_argument("--metrics", nargs="+", choices=METRICS, default=list(METRICS), help="which families to compute")
+    p.add_argument("--best-only", action="store_true",
+                   help="score only each source's best sample (rank 1): one output per query, as FlexIT scores")
     p.add_argument("--lpips-x100", action="store_true", help="report LPIPS ×100, as FlexIT's table does")
     p.add_argument("--artfid-inception", type=Path, default=None, metavar="FILE",
                    help="ArtFID's art Inception weights (for image mode's ArtFID; you supply the file)")

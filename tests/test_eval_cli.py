@@ -209,6 +209,17 @@ def test_batch_points_flexits_queries_file_to_the_converter(tmp_path, capsys):
     assert "is FlexIT's queries.csv" in err and "python -m dsct eval flexit --queries" in err
 
 
+def test_best_only_scores_rank_one_alone(tmp_path):
+    inputs, out = tmp_path / "in", tmp_path / "out"
+    inputs.mkdir()
+    picture(40, 32, seed=4).save(inputs / "p.png")
+    picture(48, 48, seed=5).save(tmp_path / "s.png")
+    assert main(["batch", str(inputs), "--style", str(tmp_path / "s.png"), "-o", str(out), "--samples", "2", *FAST]) == 0
+    for extra, expected in (([], 2), (["--best-only"], 1)):
+        assert main(["eval", str(out), "--quiet", "--metrics", "fid", *extra]) == 0
+        assert json.loads((out / "metrics.json").read_text())["outputs"] == expected
+
+
 def test_classes_by_source_name_need_no_sources_folder(run, tmp_path):
     outputs = {r["output"]: CLASSES[r["source"]] for r in _rows(run.out)}
     stats = tmp_path / "stats.pt"
@@ -225,3 +236,21 @@ def test_statistics_of_another_width_are_refused(run, tmp_path, capsys):
     assert main(["eval", str(run.out), "--stats", str(path), "-o", str(tmp_path / "m"), "--quiet", "--metrics", "fid"]) == 2
     err = capsys.readouterr().err
     assert "768 features per image, the outputs 2048" in err and "Traceback" not in err
+
+
+def test_dsct_and_the_cli_import_without_the_eval_extra():
+    """The Space and translate/batch never need pytorch-fid or lpips: blocked, dsct still imports and
+    `eval` still shows its help; only a metric that needs them asks for the extra."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['pytorch_fid'] = None; sys.modules['lpips'] = None\n"
+            "import dsct, dsct.cli, dsct.evaluate\n"
+            "assert 'pytorch_fid.inception' not in sys.modules\n"
+            "try:\n    dsct.cli.main(['eval', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "import torch\n"
+            "try:\n    dsct.evaluate.load_inception(torch.device('cpu'))\n"
+            "except dsct.DSCTError as e:\n    print('ERR', e)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ERR dsct eval needs the pytorch-fid package: pip install -r requirements-eval.txt" in result.stdout
