@@ -621,7 +621,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_target(args)
         if args.command in ("translate", "batch") and args.text is not None and not args.source_text:
             raise DSCTError("--source-text is required with --text: say what the source shows, e.g. --source-text 'Lion'")
-        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download, "eval": evaluate.run}[args.command](args)
+        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download,
+                "eval": lambda a: evaluate.run(a, _device(a.device))}[args.command](args)
     except DSCTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

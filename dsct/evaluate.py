@@ -302,22 +302,13 @@ def _batches(items: Sequence[Item], args: argparse.Namespace, desc: str, *, sour
                 bar.update(len(idx))
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as e:
-        raise DSCTError(f"--device {name!r} is not a device name (auto, cpu, cuda, cuda:N)") from e
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
 def _score(items: list[Item], args: argparse.Namespace) -> tuple[dict, list[dict], list[str]]:
     """Every metric the inputs allow: the summary, one row per output, and notes."""
-    device, wanted = _device(args.device), set(args.metrics)
+    device, wanted = args.device, set(args.metrics)
     per = [{"output": i.output.name, "source": i.source_name, "class": i.label or ""} for i in items]
     summary: dict = {"outputs": len(items)}
     notes: list[str] = []
@@ -491,7 +482,7 @@ def _cmd_stats(args: argparse.Namespace) -> int:
               for index, folder in enumerate(folders) for p in _images_in(folder)]
     if not listed:
         raise DSCTError(f"no images in class sub-folders of {args.ref}")
-    net = load_inception(_device(args.device))
+    net = load_inception(args.device)
     sums: dict[str, Tensor] = {}
     counts: dict[str, int] = {}
     with _progress(len(listed), "Inception (reference)", args.quiet) as bar:
@@ -512,8 +503,12 @@ def _cmd_flexit(args: argparse.Namespace) -> int:
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    """``python -m dsct eval``: the sub-action its first argument names, or the scoring of a folder."""
+def run(args: argparse.Namespace, device: torch.device | None = None) -> int:
+    """``python -m dsct eval``: the sub-action its first argument names, or the scoring of a folder.
+
+    ``device``: the checked ``--device`` (cli.py checks it as for translate); None: CUDA when present.
+    """
+    args.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not 1 <= args.batch_size <= 1024:
         raise DSCTError(f"--batch-size {args.batch_size} is out of range: give 1 to 1024")
     if str(args.folder) in ("stats", "flexit"):

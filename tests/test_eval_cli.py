@@ -140,6 +140,7 @@ def test_image_mode_batch_gives_style_metrics(tmp_path, capsys):
     ("no_weights", "pt_inception-2015-12-05-6726825d.pth is not in"),
     ("copy_without_output", "--copy-baseline scores the source folder itself"),
     ("bad_stats", "cannot read the statistics file"),
+    ("no_gpu", "--device cuda:7: no CUDA GPU is available here"),
 ])
 def test_bad_input_is_one_line(case, message, run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
@@ -157,6 +158,9 @@ def test_bad_input_is_one_line(case, message, run, tmp_path, capsys, monkeypatch
         monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     elif case == "copy_without_output":
         argv = ["eval", str(run.inputs), "--copy-baseline"]
+    elif case == "no_gpu":
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+        argv += ["--device", "cuda:7"]
     elif case == "bad_stats":
         (tmp_path / "s.pt").write_bytes(b"junk")
         argv += ["--stats", str(tmp_path / "s.pt")]
