@@ -280,7 +280,8 @@ def _record(source: Path, output: Path, r: Result) -> dict:
 
 
 def _asked(config: TranslationConfig, request: Request, args: argparse.Namespace, source: Path) -> dict:
-    """What a batch row adds for ``dsct eval``: the method and the request (texts, or the style image's path)."""
+    """What a row adds for ``dsct eval`` (translate prints it too): the method and the request (texts, or the
+    style image's path as given)."""
     if request.style is None:
         return {"method": config.method, "source_text": request.source_text, "text": request.text}
     style = args.style if args.style is not None else args.prompts.parent / args.styles[source.name]
@@ -295,7 +296,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     for r in _translate(_load_models(model_cfg, _device(args.device)), request, request.source, config, args):
         path = _numbered(args.output, r.rank)
         save_image(r.image, path)
-        print(json.dumps(_record(args.source, path, r)))
+        print(json.dumps({**_record(args.source, path, r), **_asked(config, request, args, args.source)}))
     return 0
 
 
