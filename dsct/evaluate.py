@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -139,7 +140,9 @@ def load_lpips(device: torch.device) -> nn.Module:
     """The official LPIPS, AlexNet backbone, v0.1 linear layers (shipped with the package), eval mode."""
     lpips = _require("lpips", "lpips")
     _check_weights([ALEXNET_FILE])
-    return lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
+    with warnings.catch_warnings():  # lpips still asks torchvision for pretrained=True: deprecated, same weights
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")
+        return lpips.LPIPS(net="alex", version="0.1", verbose=False).to(device).eval()
 
 
 @torch.no_grad()
@@ -403,6 +406,8 @@ def _dino_metrics(items: list[Item], paired: list[int], per: list[dict], args: a
             d = metrics.structure_distance(dino(outs.to(device)).self_sim, dino(srcs.to(device)).self_sim)
             for k, v in zip(idx, d.tolist()):
                 per[paired[k]]["dino_structure"] = v
+        if not styled:
+            return
         style_cls = {p: dino(_to01(_open(p, "style image"))[None].to(device)).cls for p in {items[k].style for k in styled}}
         for idx, outs, _ in _batches([items[k] for k in styled], args, "DINO style", sources=False):
             cls = dino(outs.to(device)).cls
@@ -452,7 +457,7 @@ def _table(summary: dict) -> str:
         value = summary.get(key)
         if value is None:
             continue
-        text = f"{value:.4f}" if isinstance(value, float) else str(value)
+        text = str(value) if not isinstance(value, float) else f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3e}"
         lines.append(f"{label:<44} {text}{'  (' + summary['lpips_scale'] + ')' if key == 'lpips' else ''}")
     return "\n".join(lines)
 

@@ -116,7 +116,7 @@ def test_copy_baseline_scores_zero_against_its_own_reference(run, tmp_path, caps
     assert not (run.inputs / "metrics.json").exists()
 
 
-def test_image_mode_batch_gives_style_metrics(tmp_path, capsys):
+def test_image_mode_batch_gives_style_metrics(tmp_path, capsys, home):
     inputs, out = tmp_path / "in", tmp_path / "out"
     inputs.mkdir()
     for k in range(2):
@@ -127,9 +127,14 @@ def test_image_mode_batch_gives_style_metrics(tmp_path, capsys):
     assert main(["batch", str(inputs), "--prompts", str(prompts), "-o", str(out), *FAST]) == 0
     rows = _rows(out)
     assert {Path(r["style"]).name for r in rows} == {"s0.png", "s1.png"} and {r["method"] for r in rows} == {"diffuseit"}
-    assert main(["eval", str(out), "--sources", str(inputs), "--tiny", "--quiet"]) == 0
+    art = tmp_path / "art_inception.pth"  # ArtFID's file stands in: the FID Inception's random weights again
+    shutil.copy(home / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth", art)
+    assert main(["eval", str(out), "--sources", str(inputs), "--tiny", "--quiet", "--artfid-inception", str(art),
+                 "--lpips-x100"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
-    assert -1 <= summary["dino_cls_cosine"] <= 1 and summary["fid_style"] >= 0
+    assert -1 <= summary["dino_cls_cosine"] <= 1 and summary["fid_style"] > 0
+    # the same weights give the same FID, so ArtFID = (1 + LPIPS on its 0–1 scale)(1 + FID to the styles)
+    assert summary["art_fid"] == pytest.approx((1 + summary["lpips"] / 100) * (1 + summary["fid_style"]), rel=1e-9)
     assert "no --stats" in capsys.readouterr().err
 
 
