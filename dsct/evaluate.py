@@ -227,6 +227,9 @@ def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
                           _style_path(r.get("style"), args.style_dir)))
     if not items:
         raise DSCTError(f"{log} lists no translated image")
+    if not any(i.text or i.style for i in items):
+        notes.append(f"note: {log} records no texts or style images (a batch from before `dsct eval`?): "
+                     "CLIP and style metrics are left out")
     return items, notes
 
 
@@ -547,7 +550,7 @@ EXAMPLES = """examples:
 """
 
 
-def add_parser(sub, formatter_class) -> argparse.ArgumentParser:
+def add_parser(sub, formatter_class: type[argparse.HelpFormatter]) -> argparse.ArgumentParser:
     """The ``eval`` subcommand's flags (cli.py registers it)."""
     p = sub.add_parser("eval", help="score translations: SFID, CSFID, LPIPS, CLIP, DINO, FID (README: Evaluate)",
                        formatter_class=formatter_class, epilog=EXAMPLES,

@@ -263,3 +263,13 @@ def test_dsct_and_the_cli_import_without_the_eval_extra():
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ERR dsct eval needs the pytorch-fid package: pip install -r requirements-eval.txt" in result.stdout
+
+
+def test_rows_of_an_older_batch_are_scored_with_a_note(run, tmp_path, capsys):
+    out = tmp_path / "old"
+    shutil.copytree(run.out, out)
+    keep = ("source", "output", "rank", "seed")
+    (out / "results.jsonl").write_text("".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in _rows(run.out)))
+    assert main(["eval", str(out), "--sources", str(run.inputs), "--tiny", "--quiet", "--metrics", "fid", "clip"]) == 0
+    assert "records no texts or style images" in capsys.readouterr().err
+    assert "clip_score" not in json.loads((out / "metrics.json").read_text())
