@@ -289,6 +289,9 @@ def _prompt_mode(path: Path, header: list[str]) -> Mode:
     """The mode a prompts file's columns name, or a one-line reason they name none."""
     use = "use source,source_text,text (text mode) or source,style (image mode)"
     known = {c for columns in PROMPT_COLUMNS.values() for c in columns}
+    if {"path", "target", "target_id", "is_test"} <= set(header):
+        raise DSCTError(f"{path} is FlexIT's queries.csv: turn it into a prompts file and a sources folder first with "
+                        f"python -m dsct eval flexit --queries {path} --imagenet-val DIR -o bench/")
     if unknown := [c for c in header if c not in known]:
         raise DSCTError(f"{path}: unknown column{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}: {use}")
     if twice := sorted({c for c in header if header.count(c) > 1}):

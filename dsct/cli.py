@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import distributed, hub
+from . import distributed, evaluate, hub
 from .batch import (
     CSV_NAME, LOG_NAME, PromptRow, ResumePlan, append_rows, image_format, in_order, output_stems, plan_resume, rank_beat,
     rank_beats, rank_log, rank_logs, read_log, read_prompts, save_image, size_groups, write_csv, write_log,
@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("generators", nargs="*", metavar="GENERATOR", default=[],
                     help=f"fetch every file a generator needs instead ({', '.join(get_args(GeneratorName))}); e.g. "
                          "imagenet512, the opt-in 512 model")
+    evaluate.add_parser(sub, fmt)
     return parser
 
 
@@ -287,6 +288,15 @@ def _record(source: Path, output: Path, r: Result) -> dict:
             "target_score": r.target_score, "restarts": r.restarts, "tiny": r.tiny, "class_label": r.class_label, **{f"loss_{k}": v for k, v in r.terms.items()}}
 
 
+def _asked(config: TranslationConfig, request: Request, args: argparse.Namespace, source: Path) -> dict:
+    """What a row adds for ``dsct eval`` (translate prints it too): the method and the request (texts, or the
+    style image's path as given)."""
+    if request.style is None:
+        return {"method": config.method, "source_text": request.source_text, "text": request.text}
+    style = args.style if args.style is not None else args.prompts.parent / args.styles[source.name]
+    return {"method": config.method, "style": str(style)}
+
+
 def _cmd_translate(args: argparse.Namespace) -> int:
     model_cfg, config = _configs(args, _mode(args))
     request = _check_inputs(config, args.source, text=args.text, source_text=args.source_text, style=args.style)
@@ -295,7 +305,7 @@ def _cmd_translate(args: argparse.Namespace) -> int:
     for r in _translate(_load_models(model_cfg, _device(args.device)), request, request.source, config, args):
         path = _numbered(args.output, r.rank)
         save_image(r.image, path)
-        print(json.dumps(_record(args.source, path, r)))
+        print(json.dumps({**_record(args.source, path, r), **_asked(config, request, args, args.source)}))
     return 0
 
 
@@ -472,7 +482,7 @@ def _batch_group(models: hub.Models | None, jobs: dict[str, Request | DSCTError]
         for r in results:
             path = args.output_dir / f"{stems[source.name]}-{r.rank}.png"
             save_image(r.image, path)
-            rows[source.name].append(_record(source, path, r))
+            rows[source.name].append({**_record(source, path, r), **_asked(config, request, args, source)})
     return [rows[source.name] for source in group]
 
 
@@ -536,6 +546,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
     if not 1 <= args.images_per_batch <= MAX_IMAGES_PER_BATCH:
         raise DSCTError(f"--images-per-batch {args.images_per_batch} is out of range: give 1 to {MAX_IMAGES_PER_BATCH}")
     prompts = read_prompts(args.prompts) if args.prompts else None
+    args.styles = {row.source: row.prompts["style"].strip() for row in prompts[1] if "style" in row.prompts} if prompts else {}
     model_cfg, config = _configs(args, prompts[0] if prompts else _mode(args))
     inputs, jobs, unlisted = _batch_jobs(args, config, prompts[1] if prompts else None)
     ranks = distributed.start(_device(args.device))
@@ -625,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _check_target(args)
         if args.command in ("translate", "batch") and args.text is not None and not args.source_text:
             raise DSCTError("--source-text is required with --text: say what the source shows, e.g. --source-text 'Lion'")
-        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download}[args.command](args)
+        return {"translate": _cmd_translate, "batch": _cmd_batch, "download": _cmd_download,
+                "eval": lambda a: evaluate.run(a, _device(a.device))}[args.command](args)
     except DSCTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ SMALL_FLAGS = ["--tiny", "--quiet", "--size", "64", "--max-long-side", "64", "--
                "--resample-repeats", "2", "--divergence-until", "5"]
 
 
-@pytest.mark.parametrize("command", [[], ["translate"], ["batch"], ["download"]])
+@pytest.mark.parametrize("command", [[], ["translate"], ["batch"], ["download"], ["eval"]])
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([*command, "--help"])

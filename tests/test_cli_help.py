@@ -42,6 +42,16 @@ BATCH_EXAMPLES = [
     "python -m dsct batch photos/ --prompts prompts.csv -o out-tiny/ --tiny --fast --size 64",
 ]
 
+EVAL_EXAMPLES = [
+    "python -m dsct eval out/ --sources photos/",
+    "python -m dsct eval stats --ref imagenet/train -o stats.pt --class-index",
+    "python -m dsct eval flexit --queries queries.csv --imagenet-val imagenet/val -o bench/",
+    "python -m dsct batch bench/sources --prompts bench/prompts.csv -o bench-out/ --resize-mode center_crop",
+    "python -m dsct eval bench-out/ --sources bench/sources --classes bench/classes.csv --stats inception_stats_256.pt "
+    "--lpips-x100",
+    "python -m dsct eval bench/sources --copy-baseline --classes bench/classes.csv --stats inception_stats_256.pt -o copy/",
+]
+
 
 def outside_brackets(text: str) -> str:
     """The text with every [...] span removed, innermost first, so a term nested in a bracket ("[SPEC §4:
@@ -124,7 +134,8 @@ def test_spec_jargon_only_in_brackets(help_of, command):
         assert term not in outside_brackets(text), term  # ... but always inside a bracket
 
 
-@pytest.mark.parametrize("command, examples", [("translate", TRANSLATE_EXAMPLES), ("batch", BATCH_EXAMPLES)])
+@pytest.mark.parametrize("command, examples", [("translate", TRANSLATE_EXAMPLES), ("batch", BATCH_EXAMPLES),
+                                               ("eval", EVAL_EXAMPLES)])
 def test_help_ends_with_examples_that_parse(help_of, command, examples):
     text = help_of(command)
     lines = [line.strip() for line in text.splitlines()]
