@@ -58,7 +58,7 @@ from benchmarks.counters import (  # noqa: E402
 from dsct import images  # noqa: E402
 from dsct.capture import step_function  # noqa: E402
 from dsct.clip import OPENAI_MODELS, ClipEnsemble, build_clip_models, fold_batchnorm, use_plain_attention  # noqa: E402
-from dsct.config import ModelConfig, TranslationConfig, preset  # noqa: E402
+from dsct.config import SIZE_MULTIPLE, ModelConfig, TranslationConfig, preset  # noqa: E402
 from dsct.guidance import build_guide  # noqa: E402
 from dsct.hub import Models, load_models  # noqa: E402
 from dsct.pipeline import prepare_images, schedule_for, translate  # noqa: E402
@@ -261,7 +261,7 @@ def bench_steps(
     if t_start >= schedule.num_steps:
         raise SystemExit(f"--steps + --warmup must be at most {schedule.num_steps} in {mode} mode")
     x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, device,
-                                       models.unet.size_multiple)
+                                       SIZE_MULTIPLE[models.config.generator])
 
     _reset_peak(device)
     eager = models.config.step_capture == "eager"
@@ -347,7 +347,7 @@ def bench_steps(
 
 def _guide_for(models: Models, mode: str, config: TranslationConfig, source: Image.Image, style: Image.Image):
     x_src, x_style, _ = prepare_images(config, source, style if mode == "image" else None, models.device,
-                                       models.unet.size_multiple)
+                                       SIZE_MULTIPLE[models.config.generator])
     guide = build_guide(
         config, schedule_for(config.steps), x_src, vit=models.vit, clip=models.clip if mode == "text" else None,
         style=x_style, text=TEXT if mode == "text" else None, source_text=SOURCE_TEXT if mode == "text" else None)
@@ -457,7 +457,7 @@ def count_agg(models: Models, mode: str, batch: int, *, source: Image.Image, sty
     device, text_mode = models.device, mode == "text"
     schedule = schedule_for(config.steps)
     x_src, x_style, _ = prepare_images(config, source, style if not text_mode else None, device,
-                                       models.unet.size_multiple)
+                                       SIZE_MULTIPLE[models.config.generator])
     texts = dict(text=TEXT, source_text=SOURCE_TEXT) if text_mode else dict(text=None, source_text=None)
     steps: list[tuple[int, Counter]] = []
     with watch_models(models) as counter:

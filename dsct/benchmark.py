@@ -77,16 +77,17 @@ def flexit_prompts(queries: Path, val_dir: Path, out: Path, *, split: str = "tes
     needed = {"path", "source", "target", "target_id", "is_test"}
     if not rows or not needed <= set(rows[0]):
         raise DSCTError(f"{queries}: not FlexIT's queries.csv (needs columns {', '.join(sorted(needed))})")
-    id_column = next(iter(rows[0]))  # the unnamed first column: the query id FlexIT names outputs by
+    # FlexIT reads the file with pandas and no index column, so a query's id (the name of its output,
+    # {id}.png, and the row its eval looks up) is its row position in the whole file, not the first column
     wanted = {"test": ("True",), "dev": ("False",), "all": ("True", "False")}[split]
-    rows = [r for r in rows if r["is_test"] in wanted][:limit]
+    rows = [(position, r) for position, r in enumerate(rows) if r["is_test"] in wanted][:limit]
     (out / "sources").mkdir(parents=True, exist_ok=True)
     prompts, classes = [["source", "source_text", "text"]], [["source", "class"]]
-    for r in rows:
+    for position, r in rows:
         image = val_dir / r["path"]
         if not image.is_file():
             raise DSCTError(f"{image} not found: --imagenet-val must be the ImageNet validation folder with its class folders")
-        name = f"{r[id_column]}{image.suffix}"
+        name = f"{position}{image.suffix}"
         link = out / "sources" / name
         if not link.exists():
             try:

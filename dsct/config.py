@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Literal, get_args
 
@@ -20,7 +21,7 @@ __all__ = [
     "TEXT_PRESET", "IMAGE_PRESET", "TEXT_FAST_PRESET", "IMAGE_FAST_PRESET",
     "MAX_SAMPLES", "MAX_TEXT_CHARS", "format_range",
     "Method", "AGG_TEXT_PRESET", "AGG_IMAGE_PRESET", "AGG_FACES_PRESET", "AGG_PRESETS", "AGG_ONLY", "DIFFUSEIT_ONLY", "unread_by",
-    "ClassRule", "CLASS_RULES", "NUM_CLASSES", "SIZE_MULTIPLE", "GENERATOR_SIZES", "class_conditional",
+    "ClassRule", "CLASS_RULES", "NUM_CLASSES", "SIZE_MULTIPLE", "GENERATOR_SIZES", "CLASS_CONDITIONAL",
 ]
 
 Mode = Literal["text", "image"]
@@ -39,11 +40,7 @@ GENERATOR_SIZES: dict[str, tuple[int, int]] = {"imagenet": (256, 448), "ffhq": (
 NUM_CLASSES = 1000  # the 512 model's ImageNet classes
 ClassRule = Literal["random", "auto"]  # or a class id in [0, NUM_CLASSES)
 CLASS_RULES: tuple[str, ...] = get_args(ClassRule)
-
-
-def class_conditional(generator: str) -> bool:
-    """Whether the generator takes a class per evaluation (SPEC §6: only the 512 model)."""
-    return generator == "imagenet512"
+CLASS_CONDITIONAL: tuple[str, ...] = ("imagenet512",)  # the generators that take a class per evaluation (SPEC §6)
 
 
 MAX_SAMPLES = 16
@@ -289,8 +286,11 @@ def _validate_models(cfg: ModelConfig) -> None:
 def _validate_class_label(cfg: TranslationConfig) -> None:
     """'random', 'auto' (text mode) or an id; an id written as digits (a CLI or API string) becomes the int."""
     value = cfg.class_label
-    if isinstance(value, str) and value.strip().isdecimal():
-        value = int(value.strip())
+    if isinstance(value, str):
+        value = value.strip().lower()
+        value = int(value) if value.isascii() and value.isdecimal() else value
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        value = int(value)  # e.g. a NumPy integer
     if isinstance(value, bool) or not (value in CLASS_RULES or isinstance(value, int) and 0 <= value < NUM_CLASSES):
         raise ConfigError("class_label", cfg.class_label, f"'random', 'auto' or a class id in [0, {NUM_CLASSES - 1}]")
     if value == "auto" and cfg.mode != "text":

@@ -207,8 +207,9 @@ def _style_path(value: str | None, style_dir: Path | None) -> Path | None:
     return style_dir / Path(value).name if style_dir is not None else Path(value)
 
 
-def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
-    """The outputs a batch run recorded in results.jsonl, with their requests; notes on what is left out."""
+def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str], set[str]]:
+    """The outputs a batch run recorded in results.jsonl, with their requests; notes on what is left out;
+    the sources recorded as errors (a classes file for the whole benchmark still names them)."""
     log = args.folder / LOG_NAME
     if not log.is_file():
         raise DSCTError(f"no {LOG_NAME} in {args.folder}: give the -o folder of a `dsct batch` run, "
@@ -230,10 +231,10 @@ def _batch_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
     if not any(i.text or i.style for i in items):
         notes.append(f"note: {log} records no texts or style images (a batch from before `dsct eval`?): "
                      "CLIP and style metrics are left out")
-    return items, notes
+    return items, notes, {r["source"] for r in rows if "error" in r}
 
 
-def _copy_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
+def _copy_items(args: argparse.Namespace) -> tuple[list[Item], list[str], set[str]]:
     """FlexIT's COPY baseline: every source is its own output (its 256 crop is what is scored); the
     prompts file, where given, says what each was asked to become (style paths from its folder)."""
     asked = {row.source: row.prompts for row in read_prompts(args.prompts)[1]} if args.prompts is not None else {}
@@ -245,13 +246,14 @@ def _copy_items(args: argparse.Namespace) -> tuple[list[Item], list[str]]:
                           _style_path(str(args.prompts.parent / style) if style else None, args.style_dir)))
     if not items:
         raise DSCTError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {args.folder}")
-    return items, []
+    return items, [], set()
 
 
-def _with_classes(items: list[Item], classes: dict[str, str], path: Path) -> list[Item]:
+def _with_classes(items: list[Item], classes: dict[str, str], path: Path, failed: set[str]) -> list[Item]:
     """Each item's target class, by its source's file name (or its output's); a name that matches no
-    item is an error: a classes file for another run would silently score the wrong images."""
-    known = {i.output.name for i in items} | {i.source_name for i in items}
+    item (nor a source that failed in the run) is an error: a classes file for another run would
+    silently score the wrong images."""
+    known = {i.output.name for i in items} | {i.source_name for i in items} | failed
     if unknown := [name for name in classes if name not in known]:
         raise DSCTError(f"{path} names {len(unknown)} image(s) that are not outputs or sources here: "
                         f"{', '.join(unknown[:3])}{' …' if len(unknown) > 3 else ''}")
@@ -396,6 +398,9 @@ def _class_metrics(feats: Tensor, labels: list[str], stats: metrics.RefStats, su
     summary["csfid"] = result.value
     summary["csfid_floor"] = metrics.sampling_floor(feats, labels)
     summary["csfid_per_class"] = result.per_class
+    if singles := sum(n == 1 for n in result.counts.values()):
+        notes.append(f"note: {singles} of {len(result.counts)} classes have one output: they count in CSFID "
+                     "but not in its sampling floor (which needs two outputs of a class)")
 
 
 def _dino_metrics(items: list[Item], paired: list[int], per: list[dict], args: argparse.Namespace, device: torch.device) -> None:
@@ -523,9 +528,9 @@ def run(args: argparse.Namespace, device: torch.device | None = None) -> int:
         return (_cmd_stats if str(args.folder) == "stats" else _cmd_flexit)(args)
     if args.copy_baseline and args.output_dir is None:
         raise DSCTError("--copy-baseline scores the source folder itself: give -o DIR for metrics.json and metrics.csv")
-    items, notes = (_copy_items if args.copy_baseline else _batch_items)(args)
+    items, notes, failed = (_copy_items if args.copy_baseline else _batch_items)(args)
     if args.classes is not None:
-        items = _with_classes(items, read_classes(args.classes), args.classes)
+        items = _with_classes(items, read_classes(args.classes), args.classes, failed)
     summary, per, more = _score(items, args)
     out = args.output_dir or args.folder
     _write(out, summary, per)

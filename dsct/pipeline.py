@@ -24,7 +24,8 @@ from PIL import Image
 from . import images
 from .classes import CLASS_NAMES, NAME_TEMPLATE, nearest_class
 from .clip import ClipEnsemble, prompt_tokens
-from .config import MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, TranslationConfig, format_range, preset
+from .config import (CLASS_CONDITIONAL, MAX_SAMPLES, MAX_TEXT_CHARS, RANGES, SIZE_MULTIPLE, TranslationConfig,
+                     format_range, preset)
 from .diffusion import Schedule, make_schedule
 from .errors import ConfigError, ImageError
 from .capture import step_function
@@ -125,7 +126,7 @@ def prepare_images(
 ) -> tuple[torch.Tensor, torch.Tensor | None, tuple[int, int]]:
     """Source at the working size and the style image covering that same size, both (1,3,H,W) in
     [-1,1] on ``device``, and the (W, H) the results are returned at. ``multiple``: the generator's
-    (``UNet.size_multiple``), which the sizes are rounded to."""
+    (``config.SIZE_MULTIPLE``), which the sizes are rounded to."""
     size_kw = dict(size=config.size, max_long_side=config.max_long_side, resize_mode=config.resize_mode,
                    multiple=multiple)
     work_w, work_h = images.working_size(*source.size, **size_kw)
@@ -141,14 +142,15 @@ def check_models(models: Models, config: TranslationConfig) -> None:
         raise ConfigError("lambda_clip", config.lambda_clip, "0 unless the CLIP models are loaded (load_clip=True)")
     if config.lambda_id > 0 and models.arcface is None:
         raise ConfigError("lambda_id", config.lambda_id, "0 unless the ArcFace model is loaded (load_arcface=True, faces generator)")
-    multiple = models.unet.size_multiple
+    multiple = SIZE_MULTIPLE[models.config.generator]
     for name in ("size", "max_long_side"):
         if getattr(config, name) % multiple:
             raise ConfigError(name, getattr(config, name), f"a multiple of {multiple} with generator="
                               f"{models.config.generator!r} (its UNet halves the image {multiple.bit_length() - 1} times)")
     if models.unet.num_classes is None and config.class_label != "random":
         raise ConfigError("class_label", config.class_label, f"'random' (its default) with generator="
-                          f"{models.config.generator!r}, which has no classes: only generator='imagenet512' reads it")
+                          f"{models.config.generator!r}, which has no classes: only generator="
+                          f"{' or '.join(map(repr, CLASS_CONDITIONAL))} reads it")
     if config.class_label == "auto" and models.clip is None:
         raise ConfigError("class_label", "auto", "'random' or a class id unless the CLIP models are loaded (load_clip=True)")
 
@@ -252,7 +254,8 @@ def translate_many(
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float))):
         raise ConfigError("deadline", deadline, "None or a time.monotonic() value")
 
-    prepared = [prepare_images(config, r.source, r.style, models.device, models.unet.size_multiple) for r in requests]
+    multiple = SIZE_MULTIPLE[models.config.generator]
+    prepared = [prepare_images(config, r.source, r.style, models.device, multiple) for r in requests]
     for k, (x, _, _) in enumerate(prepared[1:], 1):
         if x.shape != prepared[0][0].shape:
             raise ImageError(f"images translated in one batch need one working size: image {k + 1} is worked on at "

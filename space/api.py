@@ -158,7 +158,7 @@ def compact_request(values: Mapping[str, Any]) -> tuple[Mode, dict[str, Any]]:
     return mode, {**chosen, "samples": values.get("samples"), "seed": random_seed() if seed == -1 else seed,
                   "source": values.get("source"), "style": values.get("style") or None,
                   "text": values.get("text") or None, "source_text": values.get("source_text") or None,
-                  "generator": values.get("generator"), "class_label": values.get("class_label", "random")}
+                  "generator": values.get("generator"), "class_label": values.get("class_label") or "random"}
 
 
 def validator(names: Sequence[str], to_request: Callable[[Mapping[str, Any]], tuple[Mode, Mapping[str, Any]]]

@@ -10,7 +10,7 @@ import gradio as gr
 
 from dsct import TranslationConfig, preset
 from dsct.classes import class_name
-from dsct.config import NUM_CLASSES, RANGES, class_conditional
+from dsct.config import CLASS_CONDITIONAL, NUM_CLASSES, RANGES
 
 from .words import CLASS_RULE_LABELS, FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS, unread_inputs
 
@@ -115,7 +115,7 @@ def shown(name: str, method: str, generator: str) -> bool:
     if name in unread_inputs(method):
         return False
     if name == "class_label":
-        return class_conditional(generator)
+        return generator in CLASS_CONDITIONAL
     return name != "lambda_id" or generator == "ffhq"
 
 

@@ -23,7 +23,7 @@ def zero_weights() -> dict[str, float]:
 class LinearEps(nn.Module):
     """A "UNet" with the real call signature (x_t, t_model) and 6 output channels: ε = a·x_t, v = v."""
 
-    size_multiple, num_classes = 32, None  # what the pipeline reads of a UNet: the 256 models' size rule, no classes
+    num_classes = None  # what the pipeline reads of a UNet: no classes
 
     def __init__(self, a: float = 0.5, v: float = 0.2):
         super().__init__()

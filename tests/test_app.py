@@ -16,7 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError, ValidationError
 from PIL import Image
 
@@ -26,6 +26,7 @@ from dsct.images import output_size
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402 — app.py lives at the repository root, beside dsct/ and space/
+from served import served  # noqa: E402
 from space import planning, worker  # noqa: E402
 from space.api import COMPACT_INPUTS, handler_inputs, planned  # noqa: E402
 from space.words import COMPACT_HELP, WORDS  # noqa: E402
@@ -47,12 +48,8 @@ def models():
 
 @pytest.fixture(scope="module")
 def client(models):
-    demo = app.build_demo(models, defaults=SMALL)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.LAUNCH_KWARGS)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with served(models, SMALL) as running:
+        yield running
 
 
 def _expected_size(path: Path) -> tuple[int, int]:

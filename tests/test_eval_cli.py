@@ -174,6 +174,20 @@ def test_bad_input_is_one_line(case, message, run, tmp_path, capsys, monkeypatch
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_a_source_that_failed_in_the_batch_is_left_out_not_refused(run, tmp_path, capsys):
+    """A classes file for the whole benchmark names every source; one that failed in the batch (an error
+    row, no output) is left out with a note, not taken for a classes file of another run."""
+    out = tmp_path / "out"
+    shutil.copytree(run.out, out)
+    with (out / "results.jsonl").open("a") as fh:
+        fh.write(json.dumps({"source": "e.png", "error": "cannot read e.png"}) + "\n")
+    classes = tmp_path / "classes.csv"
+    classes.write_text(run.classes.read_text() + "e.png,dog\n")
+    assert main(["eval", str(out), "--quiet", "--tiny", "--metrics", "fid", "--classes", str(classes)]) == 0
+    assert "1 source(s) recorded as errors have no output and are left out" in capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["outputs"] == 4
+
+
 def test_one_output_per_class_leaves_csfid_undefined(run, tmp_path, capsys):
     outputs = {r["output"]: r["source"] for r in _rows(run.out)}
     ref = _reference_of(run.out, {o: s[0] for o, s in outputs.items()}, tmp_path / "ref")  # one class per image
@@ -188,6 +202,22 @@ def test_one_output_per_class_leaves_csfid_undefined(run, tmp_path, capsys):
     assert "CSFID is undefined with one output per class" in capsys.readouterr().err
 
 
+def test_classes_with_one_output_are_named_beside_csfid(run, tmp_path, capsys):
+    """Two outputs of "cat", one each of "dog" and "bird": CSFID over the three, a note that two of them
+    have one output and so no part in the sampling floor."""
+    labels = dict(zip(sorted(r["output"] for r in _rows(run.out)), ("cat", "cat", "dog", "bird")))
+    ref = _reference_of(run.out, labels, tmp_path / "ref")
+    stats = tmp_path / "mixed.pt"
+    assert main(["eval", "stats", "--ref", str(ref), "-o", str(stats), "--quiet"]) == 0
+    classes = tmp_path / "mixed.csv"
+    classes.write_text("output,class\n" + "".join(f"{o},{c}\n" for o, c in labels.items()))
+    assert main(["eval", str(run.out), "--classes", str(classes), "--stats", str(stats), "-o", str(tmp_path / "m"),
+                 "--quiet", "--metrics", "fid"]) == 0
+    summary = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert summary["classes"] == 3 and summary["csfid"] == pytest.approx(0.0, abs=1e-9)
+    assert "2 of 3 classes have one output" in capsys.readouterr().err
+
+
 def test_flexit_queries_become_prompts_classes_and_linked_sources(tmp_path, capsys):
     val = tmp_path / "val"
     for wnid, image in (("n02091032", "ILSVRC2012_val_00042240.JPEG"), ("n02088364", "ILSVRC2012_val_00048167.JPEG")):
@@ -199,9 +229,13 @@ def test_flexit_queries_become_prompts_classes_and_linked_sources(tmp_path, caps
                        "3646,n02088364/ILSVRC2012_val_00048167.JPEG,beagle,162,Afghan hound,160,False\n")
     bench = tmp_path / "bench"
     assert main(["eval", "flexit", "--queries", str(queries), "--imagenet-val", str(val), "-o", str(bench)]) == 0
-    assert (bench / "prompts.csv").read_text() == "source,source_text,text\n3741.JPEG,Italian greyhound,Afghan hound\n"
-    assert (bench / "classes.csv").read_text() == "source,class\n3741.JPEG,160\n"
-    assert (bench / "sources" / "3741.JPEG").read_bytes() == (val / "n02091032" / "ILSVRC2012_val_00042240.JPEG").read_bytes()
+    # a query's id is its row position in the file (FlexIT's pandas index, its outputs' names), not the first column
+    assert (bench / "prompts.csv").read_text() == "source,source_text,text\n0.JPEG,Italian greyhound,Afghan hound\n"
+    assert (bench / "classes.csv").read_text() == "source,class\n0.JPEG,160\n"
+    assert (bench / "sources" / "0.JPEG").read_bytes() == (val / "n02091032" / "ILSVRC2012_val_00042240.JPEG").read_bytes()
+    assert main(["eval", "flexit", "--queries", str(queries), "--imagenet-val", str(val), "-o", str(tmp_path / "dev"),
+                 "--split", "dev"]) == 0
+    assert (tmp_path / "dev" / "classes.csv").read_text() == "source,class\n1.JPEG,160\n"  # the second row: id 1
     assert main(["eval", "flexit", "--queries", str(queries), "--imagenet-val", str(val), "-o", str(tmp_path / "b2"),
                  "--split", "all"]) == 0
     assert len((tmp_path / "b2" / "classes.csv").read_text().splitlines()) == 3

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import ValidationError
 from PIL import Image
 
@@ -17,6 +17,7 @@ from dsct import ConfigError, budget, preset
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import app  # noqa: E402
+from served import served  # noqa: E402
 from space import controls, planning  # noqa: E402
 from space.words import GENERATOR_LABELS  # noqa: E402
 
@@ -33,12 +34,8 @@ def models():
 
 @pytest.fixture(scope="module")
 def client(models):
-    demo = app.build_demo(models, defaults=SMALL)
-    _, url, _ = demo.launch(prevent_thread_lock=True, quiet=True, **app.LAUNCH_KWARGS)
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    with served(models, SMALL) as running:
+        yield running
 
 
 def _size(gallery) -> tuple[int, int]:
