@@ -263,7 +263,8 @@ class Guide:
                                 weight_decay=INNER_WEIGHT_DECAY)
         for k in range(cfg.inner_iters - 1):
             loss = self._inner_loss(x_t, x0_shifted + delta, i, views[k])
-            delta.grad = torch.autograd.grad(loss.sum(), delta)[0]
+            # every weight of L_b zero: no graph to differentiate, the gradient is zero (AdamW still decays δ)
+            delta.grad = torch.autograd.grad(loss.sum(), delta)[0] if loss.requires_grad else torch.zeros_like(delta)
             opt.step()
         with torch.no_grad():
             x_c = x0_shifted + delta

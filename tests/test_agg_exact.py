@@ -173,6 +173,50 @@ def test_inner_pass_one_iteration_adds_delta0_and_two_move_at_most_lr():
     assert ((out2 - shifted).abs() <= 0.02 + 1e-8 + 1e-7).all() and not torch.equal(out2, shifted + 1e-8)
 
 
+@pytest.mark.parametrize("term", ["l2", "cls"])
+def test_inner_pass_reads_the_style_terms_at_any_positive_weight(term):
+    """L_b's style terms at weight 0.5 (below 1), one AdamW step δ_1 = δ_0·(1 − lr·wd) − lr·g/(|g| + eps) with g
+    by hand: pixel L2, 0.5·2(x_c − style)/N; [CLS] distance (SpyViT [CLS] = channel means of the [0,1] image),
+    0.5·(2/3)(cls_c(x_c) − cls_c(style))·0.5/(16·16) at every pixel of channel c."""
+    style = rand(1, *SHAPE, seed=4)
+    cfg = TranslationConfig(mode="image", inner_iters=2, **{**AGG_ZERO, **SMALL, f"lambda_{term}": 0.5})
+    guide, _ = guide_for(cfg, style=style)
+    x_t, shifted, i = rand(2, *SHAPE, seed=9), rand(2, *SHAPE, seed=10), torch.tensor([3, 3])
+    out, _ = guide.inner_pass(x_t, shifted, i, [None, None])
+    x_c = shifted.double() + 1e-8
+    if term == "l2":
+        grad = 0.5 * 2 * (x_c - style.double()) / N
+    else:
+        cls = lambda x: (x * 0.5 + 0.5).mean((2, 3))  # noqa: E731
+        grad = (0.5 * 2 / 3 * (cls(x_c) - cls(style.double())) * 0.5 / 256)[:, :, None, None].expand_as(x_c)
+    delta = 1e-8 * (1 - 0.02 * 0.01) - 0.02 * grad / (grad.abs() + 1e-8)
+    torch.testing.assert_close(out.double(), shifted.double() + delta, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("noise_aug", [True, False])
+def test_step_loss_cls_term_reads_the_mix_or_x0_and_only_where_it_applies(noise_aug):
+    """L_a's [CLS] term (SpyViT [CLS] = channel means of the [0,1] input): on mix_i(x_t, x̂0) = s·x̂0 + (1 − s)·x_t
+    with noise_aug, on x̂0 without. A style term at weight 0 is not a term at all, and a style weight in text
+    mode (no style image) is read by nothing: neither L_a nor the inner pass needs a style there."""
+    style = rand(1, *SHAPE, seed=4)
+    cfg = TranslationConfig(mode="image", noise_aug=noise_aug, **{**AGG_ZERO, **SMALL, "lambda_cls": 0.5})
+    guide, _ = guide_for(cfg, style=style)
+    x_t, x0, i = rand(2, *SHAPE, seed=11), rand(2, *SHAPE, seed=12), torch.tensor([3, 3])
+    _, terms, _ = guide.agg_loss(x_t, x0, i, guide.initial_state(2))
+    s = math.sqrt(1 - alphas(10)[3])
+    seen = (s * x0.double() + (1 - s) * x_t.double()) if noise_aug else x0.double()
+    cls = lambda x: (x * 0.5 + 0.5).mean((2, 3))  # noqa: E731
+    want = ((cls(seen) - cls(style.double())) ** 2).mean(1)
+    torch.testing.assert_close(terms["cls"].double(), want, rtol=1e-5, atol=1e-9)
+    assert set(terms) == {"range", "gt", "cls"}  # λ_l2 = 0: no pixel term
+    text = TranslationConfig(inner_iters=2, **{**AGG_ZERO, **SMALL, "lambda_cls": 5.0, "lambda_l2": 5.0, "lambda_clip": 200.0})
+    guide, _ = guide_for(text)
+    _, terms, _ = guide.agg_loss(x_t, x0, i, guide.initial_state(2))
+    assert set(terms) == {"range", "gt"}
+    out, _ = guide.inner_pass(x_t, x0, i, [None, None])  # L_b has no term with weight: g = 0, only the decay
+    torch.testing.assert_close(out.double(), x0.double() + 1e-8 * (1 - 0.02 * 0.01), rtol=0, atol=1e-7)
+
+
 def test_inner_pass_three_iterations_decay_delta_between_two_adamw_steps():
     # G 0.5 above x̂0' everywhere: the sign of g stays −1, so both Adam steps move by +lr and the second
     # decays δ_1 by lr·wd first: δ_2 = δ_1·(1 − lr·wd) + lr·|g|/(|g| + eps)
