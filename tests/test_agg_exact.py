@@ -15,10 +15,10 @@ import torch
 
 from dsct.config import TranslationConfig
 from dsct.diffusion import make_schedule, shift_x0
-from dsct.guidance import GuideState, build_guide
+from dsct.guidance import GuideState, build_guide, stack_guides
 from dsct.sampler import agg_guided_step, agg_step_kind, ddim_invert, sample_agg
 
-from closed_form import LinearEps, SpyClip, SpyViT
+from closed_form import LinearEps, SpyArcFace, SpyClip, SpyViT
 
 A = 0.5  # LinearEps: ε = A·x_t
 SHAPE = (3, 16, 16)  # one 16×16 token for SpyViT
@@ -215,6 +215,42 @@ def test_step_loss_cls_term_reads_the_mix_or_x0_and_only_where_it_applies(noise_
     assert set(terms) == {"range", "gt"}
     out, _ = guide.inner_pass(x_t, x0, i, [None, None])  # L_b has no term with weight: g = 0, only the decay
     torch.testing.assert_close(out.double(), x0.double() + 1e-8 * (1 - 0.02 * 0.01), rtol=0, atol=1e-7)
+
+
+def test_step_loss_identity_term_by_hand():
+    """L_a's identity term (faces): 1 − cos(ArcFace(crop(mix)), ArcFace(crop(source))). With images constant
+    per channel, SpyArcFace (the normalised channel means of its crop) gives the channel values themselves,
+    so the term is 1 − cos of the mix's three values and the source's. No ArcFace, no term (and no error)."""
+    const = lambda *v: torch.tensor(v).view(1, 3, 1, 1).expand(1, *SHAPE).clone()  # noqa: E731
+    src, x0, x_t = const(0.2, -0.3, 0.5), const(0.1, 0.4, -0.2), const(-0.5, 0.3, 0.6)
+    cfg = TranslationConfig(mode="image", **{**AGG_ZERO, **SMALL, "lambda_id": 0.5})
+    sched = make_schedule("10")
+    inversion = (rand(1, *SHAPE, seed=3), rand(1, 5, *SHAPE, seed=2))
+    guide = build_guide(cfg, sched, src, vit=SpyViT(), arcface=SpyArcFace(), style=rand(1, *SHAPE, seed=4),
+                        inversion=inversion)
+    loss, terms, _ = guide.agg_loss(x_t, x0, torch.tensor([3]), guide.initial_state(1))
+    s = math.sqrt(1 - alphas(10)[3])
+    mix = s * torch.tensor([0.1, 0.4, -0.2], dtype=torch.float64) + (1 - s) * torch.tensor([-0.5, 0.3, 0.6],
+                                                                                          dtype=torch.float64)
+    want = 1 - torch.nn.functional.cosine_similarity(mix, torch.tensor([0.2, -0.3, 0.5], dtype=torch.float64), dim=0)
+    torch.testing.assert_close(terms["id"].double(), want.view(1), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(loss.double(), 0.5 * want.view(1), rtol=1e-5, atol=1e-7)
+    bare = build_guide(cfg, sched, src, vit=SpyViT(), style=rand(1, *SHAPE, seed=4), inversion=inversion)
+    assert "id" not in bare.agg_loss(x_t, x0, torch.tensor([3]), bare.initial_state(1))[1]
+
+
+def test_stacked_inversions_give_each_row_its_own_target():
+    """Two sources in one batch (``stack_guides``): each sample's L1 term reads its own source's G[i]."""
+    cfg = TranslationConfig(mode="image", **{**AGG_ZERO, **SMALL, "lambda_gt": 1.0})
+    g1, g2 = rand(1, 5, *SHAPE, seed=21), rand(1, 5, *SHAPE, seed=22)
+    sched, vit = make_schedule("10"), SpyViT()
+    one, two = (build_guide(cfg, sched, rand(1, *SHAPE, seed=k), vit=vit, style=rand(1, *SHAPE, seed=4),
+                            inversion=(rand(1, *SHAPE, seed=3), g)) for k, g in ((1, g1), (5, g2)))
+    both = stack_guides([one, two], 1)
+    x_t, x0, i = rand(2, *SHAPE, seed=11), rand(2, *SHAPE, seed=12), torch.tensor([2, 2])
+    _, terms, _ = both.agg_loss(x_t, x0, i, both.initial_state(2))
+    want = torch.stack([(x0[0] - g1[0, 2]).abs().mean(), (x0[1] - g2[0, 2]).abs().mean()])
+    torch.testing.assert_close(terms["gt"], want, rtol=1e-6, atol=1e-7)
 
 
 def test_inner_pass_three_iterations_decay_delta_between_two_adamw_steps():

@@ -181,8 +181,8 @@ def test_agg_loop_draws_a_class_per_step_from_each_sample_or_holds_one():
     assert unet.ys == [[7, 7]] * 5
     assert [(e.step, e.total, e.i, e.sample_ids, e.restarts) for e in events] == [
         (k + 1, 5, 4 - k, (0, 1), (0, 0)) for k in range(5)]  # AGG never restarts: every event says so
-    with pytest.raises(ValueError, match=r"x_start must have 1 row or one per sample \(2\), got 3"):
-        sample_agg(unet, sched, held, held.fixed.inv_start.expand(3, -1, -1, -1),
+    with pytest.raises(ValueError, match=r"x_start must have 1 row or one per sample \(2\), got 4"):
+        sample_agg(unet, sched, held, held.fixed.inv_start.expand(4, -1, -1, -1),
                    [torch.Generator().manual_seed(s) for s in (4, 9)])
 
 
