@@ -173,6 +173,23 @@ def test_inner_pass_one_iteration_adds_delta0_and_two_move_at_most_lr():
     assert ((out2 - shifted).abs() <= 0.02 + 1e-8 + 1e-7).all() and not torch.equal(out2, shifted + 1e-8)
 
 
+def test_inner_pass_clip_sees_the_mix_with_x_t_in_each_iteration():
+    """Text mode, two iterations: L_b's CLIP term reads mix_j(x_t, x̂0' + δ_0) = s·x_c + (1 − s)·x_t with the
+    iteration's own views, and ℓ is taken at the mix with x̂0'' (j = floor(3/10) = 0)."""
+    cfg = TranslationConfig(inner_iters=2, **{**AGG_ZERO, **SMALL, "lambda_clip": 200.0, "prog_contrast": True})
+    guide, _ = guide_for(cfg, clip=True)
+    guide.clip.seen.clear()
+    x_t, shifted, i = rand(2, *SHAPE, seed=9), rand(2, *SHAPE, seed=10), torch.tensor([3, 3])
+    out, clip = guide.inner_pass(x_t, shifted, i, [torch.zeros(2, 8, 2, 3)] * 2)
+    s = math.sqrt(1 - alphas(10)[0])
+    mix = lambda x_c: (s * x_c + (1 - s) * x_t.double()) * 0.5 + 0.5  # noqa: E731
+    assert len(guide.clip.seen) == 2
+    torch.testing.assert_close(guide.clip.seen[0].double(), mix(shifted.double() + 1e-8), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(guide.clip.seen[1].double(), mix(out.double()), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(clip.double(), spy_clip_loss(mix(out.double())), rtol=1e-6, atol=1e-6)
+    assert not torch.equal(out, shifted + 1e-8)  # the CLIP gradient moved x̂0''
+
+
 @pytest.mark.parametrize("term", ["l2", "cls"])
 def test_inner_pass_reads_the_style_terms_at_any_positive_weight(term):
     """L_b's style terms at weight 0.5 (below 1), one AdamW step δ_1 = δ_0·(1 − lr·wd) − lr·g/(|g| + eps) with g

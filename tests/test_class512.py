@@ -16,7 +16,7 @@ from dsct import pipeline
 from dsct.clip import ClipEnsemble
 from dsct.config import GENERATOR_SIZES, SIZE_MULTIPLE, TranslationConfig, preset
 from dsct.errors import ConfigError
-from dsct.images import working_size
+from dsct.images import output_size, working_size
 from dsct.diffusion import make_schedule
 from dsct.guidance import build_guide
 from dsct.sampler import INVERSION_CLASS_SEED, ddim_invert, draw_classes, sample_agg, sample_guided
@@ -75,6 +75,8 @@ def test_draw_classes_rule():
     g = gens()
     assert draw_classes(build_unet("tiny"), g, None, torch.device("cpu")) is None
     assert [int(torch.randint(1000, (1,), generator=x)) for x in g] == want
+    # any network without a num_classes attribute (a user's own unconditional model) is one without classes
+    assert draw_classes(torch.nn.Identity(), gens(), None, torch.device("cpu")) is None
 
 
 @pytest.mark.parametrize("method", ["diffuseit", "agg"])
@@ -328,6 +330,17 @@ def test_class_label_validation():
     assert preset("image", class_label=5).class_label == 5
 
 
+def test_class_label_refusals_in_words():
+    with pytest.raises(ConfigError) as err:
+        TranslationConfig(class_label=" Tiger ")
+    assert (err.value.field, err.value.value) == ("class_label", " Tiger ")  # the value as it was written
+    assert err.value.allowed == "'random', 'auto' or a class id in [0, 999]"
+    with pytest.raises(ConfigError) as err:
+        preset("image", class_label=" AUTO ")
+    assert (err.value.field, err.value.value) == ("class_label", "auto")
+    assert err.value.allowed == "'random' or a class id in image mode: 'auto' picks the class from the target text"
+
+
 def test_presets_at_the_generators_sizes():
     for method in ("diffuseit", "agg"):
         for mode in ("text", "image"):
@@ -358,6 +371,9 @@ def test_working_size_at_64():
     # 110×80 at 64: the long side 88 rounds to 64 (1.375 × 64), not to 96 (2.75 × 32: a multiple of 32 only)
     assert working_size(110, 80, size=64, max_long_side=128, resize_mode="resize", multiple=64) == (64, 64)
     assert working_size(110, 80, size=64, max_long_side=128, resize_mode="resize", multiple=32) == (96, 64)
+    # returned at the source's aspect within the working size: 64×64 caps 110×80 at 64×64; 96×64 gives 88×64
+    assert output_size(110, 80, size=64, max_long_side=128, resize_mode="resize", multiple=64) == (64, 64)
+    assert output_size(110, 80, size=64, max_long_side=128, resize_mode="resize", multiple=32) == (88, 64)
 
 
 def test_refusals_name_the_setting_and_the_multiple():

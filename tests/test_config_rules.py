@@ -12,6 +12,7 @@ import pytest
 
 from dsct import config as config_module
 from dsct.config import (
+    AGG_TEXT_PRESET,
     IMAGE_PRESET,
     TEXT_PRESET,
     ModelConfig,
@@ -191,6 +192,16 @@ def test_guided_evaluation_cap_message_and_boundary(monkeypatch):
     assert str(err.value) == ("steps=61 is not allowed: at most 60 guided evaluations per sample "
                               "(steps - skip - 1 + resample_repeats); asked for 61")
     assert err.value.field == "steps"
+
+
+def test_agg_counts_one_evaluation_beyond_its_guided_steps(monkeypatch):
+    # AGG does not repeat its first step: steps - skip - 1 + 1, whatever resample_repeats holds (10, unread).
+    monkeypatch.setattr(config_module, "MAX_GUIDED_EVALUATIONS", 10)
+    ok = dataclasses.replace(AGG_TEXT_PRESET, steps=12, skip=2, t_edit=5, t_boost=8)  # 9 + 1
+    assert (ok.t_start, ok.resample_repeats) == (9, 10)
+    with pytest.raises(ConfigError) as err:
+        dataclasses.replace(ok, skip=1)  # 10 + 1
+    assert str(err.value).endswith("asked for 11")
 
 
 def test_the_real_evaluation_cap_admits_every_in_range_setting():

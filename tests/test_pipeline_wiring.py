@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dsct import pipeline
+from dsct import Job, pipeline
 from dsct.clip import prompt_tokens
-from dsct.config import ModelConfig, preset
+from dsct.config import DIFFUSEIT_ONLY, ModelConfig, preset
 from dsct.errors import ConfigError, ImageError
 from dsct.hub import Models
 from dsct.pipeline import check_models, _check_seeds, check_request, check_text, prepare_images, translate
@@ -158,6 +158,9 @@ def test_prepare_images_by_hand():
     crop = dataclasses.replace(cfg, resize_mode="center_crop")
     x_src, none, out_size = prepare_images(crop, flat((0, 0, 0), 90, 64), None, torch.device("cpu"))
     assert x_src.shape == (1, 3, 64, 64) and none is None and out_size == (64, 64)
+    # the 512 generator's multiple of 64: a 90×64 source is worked on at 64×64 (90 rounds to 64, not 96)
+    x_src, x_style, out_size = prepare_images(cfg, flat((0, 0, 0), 90, 64), flat((0, 0, 0)), torch.device("cpu"), 64)
+    assert x_src.shape == x_style.shape == (1, 3, 64, 64) and out_size == (64, 64)
 
 
 # --- models against settings ------------------------------------------------------------------------
@@ -175,6 +178,41 @@ def test_models_must_be_loaded_for_their_weights():
                         "(load_arcface=True, faces generator)")
     check_models(models(arcface=SpyArcFace()), settings("image", lambda_id=10.0))
     check_models(models(), settings("image", lambda_id=0.0))
+
+
+class ClassLinear(LinearEps):
+    """A class-conditional stand-in: records the classes of each pass."""
+
+    num_classes = 1000
+
+    def __init__(self):
+        super().__init__()
+        self.ys: list = []
+
+    def forward(self, x, t, y=None):
+        self.ys.append(None if y is None else y.tolist())
+        return super().forward(x, t)
+
+
+def test_models_fit_the_generators_sizes_and_classes():
+    big = models(generator="imagenet512")
+    err = config_error(check_models, big, settings("text", size=96, max_long_side=128))
+    assert (err.field, err.value) == ("size", 96)
+    assert err.allowed == "a multiple of 64 with generator='imagenet512' (its UNet halves the image 6 times)"
+    err = config_error(check_models, big, settings("text", size=128, max_long_side=160))
+    assert (err.field, err.value) == ("max_long_side", 160)
+    check_models(big, settings("text", size=128, max_long_side=192))
+    check_models(models(), settings("text", size=96, max_long_side=160))  # 32 suffices at 256
+    err = config_error(check_models, models(), settings("text", class_label=5))
+    assert (err.field, err.value) == ("class_label", 5)
+    assert err.allowed == ("'random' (its default) with generator='imagenet', which has no classes: only "
+                           "generator='imagenet512' reads it")
+    classy = dataclasses.replace(big, unet=ClassLinear())
+    check_models(classy, settings("text", class_label=5))
+    err = config_error(check_models, classy, settings("text", class_label=" Auto "))
+    assert str(err) == ("class_label='auto' is not allowed: 'random' or a class id unless the CLIP models are "
+                        "loaded (load_clip=True)")
+    check_models(dataclasses.replace(classy, clip=SpyClip()), settings("text", class_label="auto"))
 
 
 # --- seeds ------------------------------------------------------------------------------------------
@@ -269,6 +307,25 @@ def test_translate_hands_the_sampler_the_settings(seen):
     # the step the models' config asks for, built for the whole batch, is the one the sampler runs
     assert seen["step_args"] == dict(capture="eager", unet=m.unet, schedule=seen["schedule"], guide=seen["built"], batch=2)
     assert seen["step"] is seen["made_step"]
+
+
+def test_translate_many_hands_agg_the_512_sizes_and_the_held_class(monkeypatch):
+    record: dict = {}
+
+    def sample_agg(unet, schedule, guide, x_start, generators, **kwargs):
+        record.update(x_start=x_start, **kwargs)
+        raise Stop
+
+    monkeypatch.setattr(pipeline, "sample_agg", sample_agg)
+    m = dataclasses.replace(models(generator="imagenet512", clip=SpyClip()), unet=ClassLinear())
+    weights = {k: v for k, v in zero_weights().items() if k not in DIFFUSEIT_ONLY}
+    cfg = preset("text", method="agg", steps=10, skip=5, t_edit=3, t_boost=4, size=64, max_long_side=128,
+                 class_label=5, **{**weights, "lambda_clip": 1.0})
+    with pytest.raises(Stop):
+        pipeline.translate_many(m, [Job(picture(110, 80), "Black Leopard", "Cat")], config=cfg)
+    assert record["x_start"].shape == (1, 3, 64, 64)  # 110×80 at multiples of 64 (of 32: 96×64)
+    assert record["disable"] is True  # no progress bar unless asked
+    assert m.unet.ys == [[5]] * 5  # the inversion's t_start + 1 = 5 passes, each with the held class
 
 
 @pytest.mark.parametrize("capture", ["compile", "cuda-graph"])
