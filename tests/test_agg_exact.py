@@ -8,6 +8,7 @@ the spies of ``closed_form`` ([CLS] and CLIP embedding = per-channel mean of the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -254,6 +255,33 @@ def test_step_loss_identity_term_by_hand():
     torch.testing.assert_close(loss.double(), 0.5 * want.view(1), rtol=1e-5, atol=1e-7)
     bare = build_guide(cfg, sched, src, vit=SpyViT(), style=rand(1, *SHAPE, seed=4), inversion=inversion)
     assert "id" not in bare.agg_loss(x_t, x0, torch.tensor([3]), bare.initial_state(1))[1]
+
+
+def test_terms_at_weight_zero_cost_no_pass_and_a_weight_below_one_counts():
+    """A style or identity weight of 0 is no term: no ViT or ArcFace pass in L_a or L_b, nothing reported. The
+    pixel term at weight 0.5 is mean((x̂0 − style)²), half of it in the loss (range 0 inside [−1, 1])."""
+    style, vit, arcface = rand(1, *SHAPE, seed=4), SpyViT(), SpyArcFace()
+    cfg = TranslationConfig(mode="image", **{**AGG_ZERO, **SMALL, "lambda_range": 1.0})
+    inversion = (rand(1, *SHAPE, seed=3), rand(1, 5, *SHAPE, seed=2))
+    guide = build_guide(cfg, make_schedule("10"), rand(1, *SHAPE, seed=1), vit=vit, arcface=arcface, style=style,
+                        inversion=inversion)
+    vit.seen.clear(), arcface.seen.clear()
+    x_t, x0, i = rand(2, *SHAPE, seed=11), rand(2, *SHAPE, seed=12) * 0.9, torch.tensor([3, 3])
+    _, terms, _ = guide.agg_loss(x_t, x0, i, guide.initial_state(2))
+    guide._inner_loss(x_t, x0, i, None)
+    assert set(terms) == {"range", "gt"} and vit.seen == [] and arcface.seen == []
+    # as DiffuseIT's guide: the ArcFace, the source's identity and a positive weight are each needed
+    identity = torch.ones(1, 3) / 3 ** 0.5
+    for why, changes in {"weight 0": dict(arcface=arcface, fixed=guide.fixed._replace(src_identity=identity)),
+                         "no identity": dict(arcface=arcface)}.items():
+        _, terms, _ = dataclasses.replace(guide, **changes).agg_loss(x_t, x0, i, guide.initial_state(2))
+        assert "id" not in terms and arcface.seen == [], why
+    half = build_guide(TranslationConfig(mode="image", **{**AGG_ZERO, **SMALL, "lambda_l2": 0.5}), make_schedule("10"),
+                       rand(1, *SHAPE, seed=1), vit=vit, style=style, inversion=inversion)
+    loss, terms, _ = half.agg_loss(x_t, x0, i, half.initial_state(2))
+    want = ((x0.double() - style.double()) ** 2).mean((1, 2, 3))
+    torch.testing.assert_close(terms["l2"].double(), want, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(loss.double(), 0.5 * want, rtol=1e-6, atol=1e-9)
 
 
 def test_stacked_inversions_give_each_row_its_own_target():

@@ -188,16 +188,19 @@ def test_a_source_that_failed_in_the_batch_is_left_out_not_refused(run, tmp_path
     assert json.loads((out / "metrics.json").read_text())["outputs"] == 4
 
 
-def test_one_output_per_class_leaves_csfid_undefined(run, tmp_path, capsys):
-    outputs = {r["output"]: r["source"] for r in _rows(run.out)}
-    ref = _reference_of(run.out, {o: s[0] for o, s in outputs.items()}, tmp_path / "ref")  # one class per image
-    stats = tmp_path / "one.pt"
+def _fid_by_class(run, labels: dict[str, str], tmp_path) -> dict:
+    """Statistics of a reference made of the outputs under ``labels``, then eval's FID metrics by those classes."""
+    ref = _reference_of(run.out, labels, tmp_path / "ref")
+    stats, classes = tmp_path / "stats.pt", tmp_path / "classes.csv"
     assert main(["eval", "stats", "--ref", str(ref), "-o", str(stats), "--quiet"]) == 0
-    classes = tmp_path / "one.csv"
-    classes.write_text("output,class\n" + "".join(f"{o},{s[0]}\n" for o, s in outputs.items()))
+    classes.write_text("output,class\n" + "".join(f"{o},{c}\n" for o, c in labels.items()))
     assert main(["eval", str(run.out), "--classes", str(classes), "--stats", str(stats), "-o", str(tmp_path / "m"),
                  "--quiet", "--metrics", "fid"]) == 0
-    summary = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    return json.loads((tmp_path / "m" / "metrics.json").read_text())
+
+
+def test_one_output_per_class_leaves_csfid_undefined(run, tmp_path, capsys):
+    summary = _fid_by_class(run, {r["output"]: r["source"][0] for r in _rows(run.out)}, tmp_path)  # one class each
     assert "csfid" not in summary and summary["outputs_per_class"] == "1"
     assert "CSFID is undefined with one output per class" in capsys.readouterr().err
 
@@ -205,15 +208,8 @@ def test_one_output_per_class_leaves_csfid_undefined(run, tmp_path, capsys):
 def test_classes_with_one_output_are_named_beside_csfid(run, tmp_path, capsys):
     """Two outputs of "cat", one each of "dog" and "bird": CSFID over the three, a note that two of them
     have one output and so no part in the sampling floor."""
-    labels = dict(zip(sorted(r["output"] for r in _rows(run.out)), ("cat", "cat", "dog", "bird")))
-    ref = _reference_of(run.out, labels, tmp_path / "ref")
-    stats = tmp_path / "mixed.pt"
-    assert main(["eval", "stats", "--ref", str(ref), "-o", str(stats), "--quiet"]) == 0
-    classes = tmp_path / "mixed.csv"
-    classes.write_text("output,class\n" + "".join(f"{o},{c}\n" for o, c in labels.items()))
-    assert main(["eval", str(run.out), "--classes", str(classes), "--stats", str(stats), "-o", str(tmp_path / "m"),
-                 "--quiet", "--metrics", "fid"]) == 0
-    summary = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    summary = _fid_by_class(run, dict(zip(sorted(r["output"] for r in _rows(run.out)), ("cat", "cat", "dog", "bird"))),
+                            tmp_path)
     assert summary["classes"] == 3 and summary["csfid"] == pytest.approx(0.0, abs=1e-9)
     assert "2 of 3 classes have one output" in capsys.readouterr().err
 

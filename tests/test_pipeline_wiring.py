@@ -190,7 +190,8 @@ class ClassLinear(LinearEps):
         self.ys: list = []
 
     def forward(self, x, t, y=None):
-        self.ys.append(None if y is None else y.tolist())
+        assert y is None or y.device == x.device, f"class ids on {y.device}, input on {x.device}"  # as a GPU would
+        self.ys.append(None if y is None or y.is_meta else y.tolist())
         return super().forward(x, t)
 
 
@@ -326,6 +327,13 @@ def test_translate_many_hands_agg_the_512_sizes_and_the_held_class(monkeypatch):
     assert record["x_start"].shape == (1, 3, 64, 64)  # 110×80 at multiples of 64 (of 32: 96×64)
     assert record["disable"] is True  # no progress bar unless asked
     assert m.unet.ys == [[5]] * 5  # the inversion's t_start + 1 = 5 passes, each with the held class
+    # on another device than the CPU (meta: no GPU needed) the held class reaches the inversion there
+    meta = dataclasses.replace(models(generator="imagenet512", device="meta"), unet=ClassLinear())
+    image = preset("image", method="agg", steps=10, skip=5, t_edit=3, t_boost=4, size=64, max_long_side=128,
+                   class_label=5, **{**weights, "lambda_l2": 1.0})
+    with pytest.raises(Stop):
+        pipeline.translate_many(meta, [Job(picture(110, 80), style=picture(seed=3))], config=image)
+    assert record["x_start"].device.type == "meta" and len(meta.unet.ys) == 5
 
 
 @pytest.mark.parametrize("capture", ["compile", "cuda-graph"])
