@@ -146,7 +146,8 @@ def build_tab(mode: Mode, generators: Sequence[str], initial: TranslationConfig,
                     headings[group] = gr.Markdown(f"**{group}**", visible=any(
                         shown(n, initial.method, generators[0]) for n in here))
                     for n in here:
-                        controls[n] = control(n, value[n], visible=shown(n, initial.method, generators[0]))
+                        controls[n] = control(n, value[n], visible=shown(n, initial.method, generators[0]),
+                                              generator=generators[0])
 
     missing = set(names) - set(controls)
     assert not missing, f"handler parameters without a control: {missing}"

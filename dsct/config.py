@@ -128,9 +128,9 @@ class TranslationConfig:
     lambda_id: float = _setting(0.0, "keep the person's identity: the face stays recognisable; Faces model only "
                                      "(with DiffuseIT there: 100) [SPEC §4: ArcFace identity loss]")
     size: int = _setting(256, "working size: short side in pixels the model works at; larger is slower and needs more "
-                              "memory [SPEC §3: generator input size, a multiple of 32]")
+                              "memory [SPEC §3: generator input size, a multiple of 32; of 64 at 512]")
     max_long_side: int = _setting(448, "longest side at most: pixels, in resize mode; a wider photo is cropped to this "
-                                       "[SPEC §3: long-side cap, a multiple of 32]")
+                                       "[SPEC §3: long-side cap, a multiple of 32; of 64 at 512]")
     resize_mode: ResizeMode = _setting("resize", "fit: resize keeps the aspect ratio, center_crop crops a square from "
                                                  "the centre [SPEC §3: input resizing]")
     samples: int = _setting(1, "samples: pictures made at once (cheaper than separate runs), returned best first "
@@ -318,7 +318,8 @@ def _validate_translation(cfg: TranslationConfig) -> None:
         raise ConfigError("steps", cfg.steps, f"at most {MAX_GUIDED_EVALUATIONS} guided evaluations per sample (steps - skip - 1 + resample_repeats); asked for {work}")
     if cfg.size % 32 or cfg.max_long_side % 32:
         bad = "size" if cfg.size % 32 else "max_long_side"
-        raise ConfigError(bad, getattr(cfg, bad), "a multiple of 32 (the UNet downsamples 5 times)")
+        raise ConfigError(bad, getattr(cfg, bad), "a multiple of 32, and of 64 with generator='imagenet512' (the "
+                          "UNet halves the image 5 times, 6 at 512)")
     seed_low, seed_high = RANGES["seed"]
     if cfg.seed + cfg.samples - 1 > seed_high:
         raise ConfigError("seed", cfg.seed, f"a value in {format_range(seed_low, seed_high - cfg.samples + 1)} with "

@@ -10,7 +10,7 @@ import gradio as gr
 
 from dsct import TranslationConfig, preset
 from dsct.classes import class_name
-from dsct.config import CLASS_CONDITIONAL, NUM_CLASSES, RANGES
+from dsct.config import CLASS_CONDITIONAL, NUM_CLASSES, RANGES, SIZE_MULTIPLE
 
 from .words import CLASS_RULE_LABELS, FACES_NOTE, METHOD_LABELS, RESIZE_CHOICES, SETTINGS, WORDS, unread_inputs
 
@@ -79,8 +79,10 @@ def class_choices(mode: str) -> list[tuple[str, str]]:
     return rules + [(class_name(k), str(k)) for k in range(NUM_CLASSES)]
 
 
-def control(name: str, value: Any, *, mode: str = "text", **extra: Any) -> gr.components.Component:
-    """The input for one TranslationConfig field, labelled in words (WORDS); ``mode``: the tab's."""
+def control(name: str, value: Any, *, mode: str = "text", generator: str = "imagenet",
+            **extra: Any) -> gr.components.Component:
+    """The input for one TranslationConfig field, labelled in words (WORDS); ``mode``: the tab's; the
+    sizes step in ``generator``'s multiple."""
     label, info = WORDS[name]
     field, kw = SETTINGS[name], dict(value=value, label=label, info=info) | extra
     if field.type == "bool":
@@ -97,7 +99,7 @@ def control(name: str, value: Any, *, mode: str = "text", **extra: Any) -> gr.co
         return ConfigNumber(minimum=low, maximum=high, precision=0 if is_int else None, **kw)
     if name.startswith("lambda_"):
         high = min(high, WEIGHT_SLIDER_MAX)
-    step = 32 if name in ("size", "max_long_side") else 0.01 if high <= 1 and not is_int else 1
+    step = SIZE_MULTIPLE[generator] if name in ("size", "max_long_side") else 0.01 if high <= 1 and not is_int else 1
     slider = ConfigSlider(minimum=low, maximum=high, step=step, **kw)
     slider.integer = is_int  # not a constructor argument: gradio reads __init__'s signature for the page's config
     return slider
@@ -134,7 +136,10 @@ def preset_updates(mode: str, fast: bool, generator: str, method: str, names: Se
     visible = {n: shown(n, method, generator) for n in names}
     if "resample_repeats" in visible:  # and only while resampling is on
         visible["resample_repeats"] &= config.resample_repeats > 1
-    updates = [gr.update(value=v, visible=visible[n]) for n, v in zip(names, values)]
+    # the size sliders move in the generator's multiple (64 at 512), so they offer only sizes it accepts
+    step = {n: SIZE_MULTIPLE[generator] for n in ("size", "max_long_side")}
+    updates = [gr.update(value=v, visible=visible[n], **({"step": step[n]} if n in step else {}))
+               for n, v in zip(names, values)]
     note = f"Preset applied: {'; '.join(changed)}." if changed else ""
     if generator == "ffhq":
         note = f"{FACES_NOTE} {note}".strip()

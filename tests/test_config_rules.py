@@ -209,10 +209,13 @@ def test_the_real_evaluation_cap_admits_every_in_range_setting():
     assert cfg.t_start + cfg.resample_repeats == 1049
 
 
+SIZE_RULE = "a multiple of 32, and of 64 with generator='imagenet512' (the UNet halves the image 5 times, 6 at 512)"
+
+
 def test_sizes_must_be_multiples_of_32():
-    assert message(size=250) == "size=250 is not allowed: a multiple of 32 (the UNet downsamples 5 times)"
-    assert message(max_long_side=450) == "max_long_side=450 is not allowed: a multiple of 32 (the UNet downsamples 5 times)"
-    assert message(size=250, max_long_side=450) == "size=250 is not allowed: a multiple of 32 (the UNet downsamples 5 times)"
+    assert message(size=250) == f"size=250 is not allowed: {SIZE_RULE}"
+    assert message(max_long_side=450) == f"max_long_side=450 is not allowed: {SIZE_RULE}"
+    assert message(size=250, max_long_side=450) == f"size=250 is not allowed: {SIZE_RULE}"
     cfg = dataclasses.replace(TEXT_PRESET, size=96, max_long_side=160)
     assert (cfg.size, cfg.max_long_side) == (96, 160)
 

@@ -103,6 +103,12 @@ def test_switching_to_512_shows_the_class_and_sets_its_sizes():
     assert "Working size 256 → 512" in note and "Longest side at most 448 → 896" in note
     back, _ = controls.preset_updates("text", False, "imagenet", "agg", names, [512, 896, "random", 100])
     assert [u["visible"] for u in back][2] is False
+    # the size sliders step in the generator's multiple: 64 at 512, 32 back at 256; other controls keep theirs
+    assert [u.get("step") for u in updates] == [64, 64, None, None]
+    assert [u.get("step") for u in back] == [32, 32, None, None]
+    # and a page opened on the 512 model starts with them so
+    assert controls.control("size", 512, generator="imagenet512").step == 64
+    assert controls.control("max_long_side", 448).step == 32
 
 
 def test_the_plan_prices_the_512_model_from_the_spec_ratios(models):
