@@ -6,10 +6,10 @@ CLIP models): a step is bound by per-operator launch overhead, so a batch costs 
 its samples run one by one, while memory grows with every sample.
 
 AGG (SPEC-AGG §9) has three kinds of UNet pass: its inversion (no grad, once per source), guided steps
-(one pass with grad and a backward each) and plain DDIM steps (no grad). No AGG step was timed: its
-seconds price every pass as one guided evaluation of the mode, an upper bound (a plain pass has no
-backward and no CLIP/ViT loss), and its memory uses DiffuseIT's figures of the mode (its guided step runs
-fewer feature passes) plus the inversion kept per source.
+(one pass with grad and a backward each) and plain DDIM steps (no grad). No AGG step was timed: a guided
+step is priced as one guided evaluation of the mode, a plain pass (inversion or DDIM step) at
+``PLAIN_PASS_SHARE`` of one; its memory uses DiffuseIT's figures of the mode (its guided step runs fewer
+feature passes) plus the inversion kept per source.
 
 The 512 generator (SPEC §6) is priced from the SPEC's ratios until a run measures it: at its own 512²
 a whole text step ≈1.4× and an image step ≈1.6× the 256 model's at 256² (UNet forward 3.96 vs 2.24
@@ -27,7 +27,7 @@ from .sampler import agg_step_kind, evaluations_per_attempt
 __all__ = [
     "REFERENCE_PIXELS", "BATCH_SLOPE", "H100_STEP_SECONDS", "MEMORY_GB", "evaluations", "batch_factor",
     "pixel_factor", "StepSpeed", "run_seconds", "peak_memory_gb", "max_samples_that_fit", "AggWork", "agg_work",
-    "inversion_gb", "GeneratorScale", "SCALES", "prior_speed",
+    "inversion_gb", "GeneratorScale", "SCALES", "prior_speed", "PLAIN_PASS_SHARE",
 ]
 
 REFERENCE_PIXELS = 256 * 256  # the working size the figures below were measured at
@@ -38,6 +38,11 @@ H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, ba
 # (fixed GB: weights, CUDA context, fixed features; GB per sample at REFERENCE_PIXELS), fitted
 # exactly to the batch-1 and batch-4 peaks: text 12.0 / 38.6 GB, image 6.9 / 18.4 GB.
 MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
+# A plain AGG pass is one UNet forward without grad: 1 294 ATen operators (1 419 at 512) against a guided
+# evaluation's 9 494 (text) and 3 718 (image), counted by `bench_step.py --count-ops` (README "Work per
+# guided step"). The H100 step is launch-bound (17–23 µs per operator, README "Performance"), so a plain
+# pass costs that share of a guided evaluation: 0.136 and 0.348, rounded up.
+PLAIN_PASS_SHARE = {"text": 0.15, "image": 0.36}
 
 
 @dataclass(frozen=True)
@@ -123,13 +128,14 @@ def prior_speed(mode: str, generator: str = "imagenet", slowdown: float = 1.0) -
 
 
 def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed, *, sources: int = 1) -> float:
-    """Sampling seconds of one attempt of the whole batch (restarts not included). AGG adds its inversion,
-    batch 1 per source (``sources`` images, ``config.samples`` each, in one batch); every AGG pass is priced
-    as a guided evaluation (an upper bound, module docstring)."""
-    loop = evaluations(config) * speed.evaluation_seconds(config.samples * sources, pixels)
+    """Sampling seconds of one attempt of the whole batch (restarts not included). AGG: its guided steps as
+    guided evaluations, its plain steps and its inversion (batch 1 per source: ``sources`` images,
+    ``config.samples`` each, in one batch) at ``PLAIN_PASS_SHARE`` of one."""
+    step = speed.evaluation_seconds(config.samples * sources, pixels)
     if config.method != "agg":
-        return loop
-    return loop + sources * agg_work(config).inversion * speed.evaluation_seconds(1, pixels)
+        return evaluations(config) * step
+    work, share = agg_work(config), PLAIN_PASS_SHARE[config.mode]
+    return (work.guided + share * work.plain) * step + sources * work.inversion * share * speed.evaluation_seconds(1, pixels)
 
 
 def inversion_gb(config: TranslationConfig, pixels: int, sources: int = 1) -> float:

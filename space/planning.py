@@ -79,8 +79,8 @@ def learn_speed(plan: Plan, seconds_per_full_step: list[float]) -> None:
     """Remember a finished run's speed on CUDA for the next plans.
 
     A small image is no faster per pixel_factor (never below 1): its timing would undercount. Only
-    DiffuseIT's steps teach it: they are all guided, while most of AGG's are plain, cheaper passes, and
-    the prior prices every AGG pass as a guided one.
+    DiffuseIT's steps teach it: they are all guided, while most of AGG's are plain passes, priced at
+    their operator share of a guided one (``budget.PLAIN_PASS_SHARE``).
     """
     if (seconds_per_full_step and plan.config.method == "diffuseit" and MODELS[plan.generator].device.type == "cuda"
             and plan.pixels >= budget.SCALES[plan.generator].reference_pixels):

@@ -127,10 +127,14 @@ def test_agg_work_counts_of_the_defaults():
 def test_agg_seconds_price_inversion_once_per_source_at_batch_one():
     speed = budget.StepSpeed(0.5)
     cfg = dataclasses.replace(AGG_TEXT_PRESET, samples=4)
-    # 60 loop passes at batch 4 (1 + 0.18·3 = 1.54) + 60 inversion passes at batch 1
-    assert budget.run_seconds(cfg, 256 * 256, speed) == pytest.approx(60 * 0.5 * 1.54 + 60 * 0.5)
+    # 19 guided + 41 plain loop passes (0.15 of a guided one in text mode) at batch 4 (1 + 0.18·3 = 1.54),
+    # + 60 plain inversion passes at batch 1
+    loop = 19 + 41 * 0.15
+    assert budget.run_seconds(cfg, 256 * 256, speed) == pytest.approx(loop * 0.5 * 1.54 + 60 * 0.15 * 0.5)
     # two sources in one batch: 8 rows in the loop, two inversions
-    assert budget.run_seconds(cfg, 256 * 256, speed, sources=2) == pytest.approx(60 * 0.5 * 2.26 + 120 * 0.5)
+    assert budget.run_seconds(cfg, 256 * 256, speed, sources=2) == pytest.approx(loop * 0.5 * 2.26 + 120 * 0.15 * 0.5)
+    image = dataclasses.replace(AGG_IMAGE_PRESET, t_edit=5, skip=60)  # 40 passes: 4 guided, 36 plain
+    assert budget.run_seconds(image, 256 * 256, speed) == pytest.approx((4 + 36 * 0.36) * 0.5 + 40 * 0.36 * 0.5)
     assert budget.run_seconds(TEXT_PRESET, 256 * 256, speed) == pytest.approx(69 * 0.5)
     assert budget.inversion_gb(cfg, 256 * 256) == pytest.approx(60 * 3 * 65536 * 4 / 1e9)
     assert budget.inversion_gb(cfg, 256 * 256, sources=2) == pytest.approx(8 * 60 * 3 * 65536 * 4 / 1e9)

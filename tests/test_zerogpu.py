@@ -107,14 +107,20 @@ def test_cost_is_sublinear_in_samples_and_learns_the_measured_speed(models, monk
 
 
 def test_an_agg_request_is_priced_by_its_own_work(models):
-    """AGG: 60 passes per sample (19 guided + 41 plain) plus the inversion's 60 at batch 1, each priced as a
-    guided evaluation until measured, and no restart margin (AGG never restarts)."""
+    """AGG: per sample 19 guided steps, each a guided evaluation, and 41 plain ones at 0.15 of one in text
+    mode (a UNet forward's 1 294 operators of a text evaluation's 9 494, rounded up); the inversion's 60 plain
+    passes at batch 1; no restart margin (AGG never restarts). Image mode: plain passes at 0.36."""
     fixed = planning.GPU_START_S + planning.FINISH_S
     prior = budget.H100_STEP_SECONDS["text"] * planning.PRIOR_SLOWDOWN
     seconds, memory = planning.cost("imagenet", preset("text", method="agg"), 256 * 256)
-    assert seconds == pytest.approx(fixed + 60 * prior + 60 * prior)
+    assert seconds == pytest.approx(fixed + (19 + 41 * 0.15) * prior + 60 * 0.15 * prior)
     two, _ = planning.cost("imagenet", preset("text", method="agg", samples=2), 256 * 256)
-    assert two == pytest.approx(fixed + 60 * prior * 1.18 + 60 * prior)  # the inversion is per source
+    assert two == pytest.approx(fixed + (19 + 41 * 0.15) * prior * 1.18 + 60 * 0.15 * prior)  # inversion per source
+    image_prior = budget.H100_STEP_SECONDS["image"] * planning.PRIOR_SLOWDOWN
+    image, _ = planning.cost("imagenet", preset("image", method="agg"), 256 * 256)
+    assert image == pytest.approx(fixed + (19 + 41 * 0.36) * image_prior + 60 * 0.36 * image_prior)
+    diffuseit, _ = planning.cost("imagenet", preset("text"), 256 * 256)
+    assert seconds < 0.7 * diffuseit  # the method offered as the faster one is planned so
     diffuseit_memory = budget.peak_memory_gb("text", 1, 256 * 256)
     assert memory == pytest.approx(diffuseit_memory + 60 * 3 * 256 * 256 * 4 / 1e9)  # + the inversion's 60 x̂0
 
