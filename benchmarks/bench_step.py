@@ -21,7 +21,8 @@ Examples:
 
 --generator imagenet512 runs the class-conditional 512 model (SPEC §6) at its preset's 512 working size
 (a new random class per evaluation, as the default class rule); --unet-flops adds one forward's FLOP
-count of the 256 and the 512 UNet, each at its own size, counted on the meta device (no memory, no time).
+and ATen-operator count of the 256 and the 512 UNet, each at its own size, counted on the meta device (no
+memory, no time).
 
 --capture runs every step as ``ModelConfig.step_capture`` says (dsct.capture): eager, one CUDA graph
 per shape, or the whole step compiled. The first measured row's ``first_step_seconds`` includes the
@@ -531,6 +532,21 @@ def unet_forward_tflop() -> dict[str, float]:
     return out
 
 
+def unet_forward_ops() -> dict[str, int]:
+    """ATen operators of one batch-1 forward without grad of each real UNet at its own size (an AGG plain
+    pass; ``dsct.budget.PLAIN_PASS_SHARE`` sets it against a guided step's ``aten_ops_per_step``)."""
+    out = {}
+    for generator, side in (("imagenet", 256), ("imagenet512", 512)):
+        unet = build_unet(UNET_ARCH[generator], device="meta")
+        y = torch.zeros(1, dtype=torch.long, device="meta") if unet.num_classes else None
+        with torch.no_grad():
+            ops = OpCounter()
+            ops.start()
+            unet(torch.zeros(1, 3, side, side, device="meta"), torch.zeros(1, device="meta"), *(() if y is None else (y,)))
+            out[generator] = ops.stop()
+    return out
+
+
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -545,7 +561,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--generator", choices=tuple(UNET_ARCH), default="imagenet",
                    help="imagenet512: the class-conditional 512 model at its 512 working size (SPEC §6)")
     p.add_argument("--unet-flops", action="store_true",
-                   help="also print one UNet forward's FLOPs, 256 model at 256² vs 512 model at 512² (meta device)")
+                   help="also print one UNet forward's FLOPs and ATen ops, 256 model at 256² vs 512 model at 512² "
+                        "(meta device)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--mode", choices=("text", "image"), nargs="+", default=["text"], help="one JSON line per mode and batch")
@@ -633,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
     )
     if args.unet_flops:
-        print(json.dumps(dict(unet_forward_tflop=unet_forward_tflop())), flush=True)
+        print(json.dumps(dict(unet_forward_tflop=unet_forward_tflop(), unet_forward_aten_ops=unet_forward_ops())),
+              flush=True)
     for mode in modes:
         for batch in args.batch:
             row = bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source, style=style,

@@ -38,9 +38,9 @@ H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, ba
 # (fixed GB: weights, CUDA context, fixed features; GB per sample at REFERENCE_PIXELS), fitted
 # exactly to the batch-1 and batch-4 peaks: text 12.0 / 38.6 GB, image 6.9 / 18.4 GB.
 MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
-# A plain AGG pass is one UNet forward without grad: 1 294 ATen operators (1 419 at 512) against a guided
-# evaluation's 9 494 (text) and 3 718 (image), counted by `bench_step.py --count-ops` (README "Work per
-# guided step"). The H100 step is launch-bound (17–23 µs per operator, README "Performance"), so a plain
+# A plain AGG pass is one UNet forward without grad: 1 295 ATen operators (1 420 at 512) against a guided
+# evaluation's 9 494 (text) and 3 718 (image), counted by `bench_step.py --unet-flops` and `--count-ops`
+# (README "Work per guided step"). The H100 step is launch-bound (17–23 µs per operator, README "Performance"), so a plain
 # pass costs that share of a guided evaluation: 0.136 and 0.348, rounded up.
 PLAIN_PASS_SHARE = {"text": 0.15, "image": 0.36}
 

@@ -108,7 +108,7 @@ def test_cost_is_sublinear_in_samples_and_learns_the_measured_speed(models, monk
 
 def test_an_agg_request_is_priced_by_its_own_work(models):
     """AGG: per sample 19 guided steps, each a guided evaluation, and 41 plain ones at 0.15 of one in text
-    mode (a UNet forward's 1 294 operators of a text evaluation's 9 494, rounded up); the inversion's 60 plain
+    mode (a UNet forward's 1 295 operators of a text evaluation's 9 494, rounded up); the inversion's 60 plain
     passes at batch 1; no restart margin (AGG never restarts). Image mode: plain passes at 0.36."""
     fixed = planning.GPU_START_S + planning.FINISH_S
     prior = budget.H100_STEP_SECONDS["text"] * planning.PRIOR_SLOWDOWN
