@@ -111,9 +111,10 @@ def test_switching_to_512_shows_the_class_and_sets_its_sizes():
     assert controls.control("max_long_side", 448).step == 32
 
 
-def test_the_plan_prices_the_512_model_from_the_spec_ratios(models):
+def test_the_plan_prices_the_512_model_from_the_spec_ratios(models, monkeypatch):
     """Text, 1 sample, 512×512, DiffuseIT's 69 evaluations: each the H100 text figure × the prior's slowdown ×
     1.4 (SPEC §6), restart margin 1.5; memory 3.14 GB fixed + 8.866 GB × 2.5 activations."""
+    monkeypatch.setattr(planning, "MEASURED_SPEED", {})  # the prior, whatever ran before
     prior = budget.H100_STEP_SECONDS["text"] * planning.PRIOR_SLOWDOWN
     seconds, memory = planning.cost("imagenet512", preset("text", generator="imagenet512"), 512 * 512)
     assert seconds == pytest.approx(planning.GPU_START_S + planning.FINISH_S + 1.5 * 69 * prior * 1.4)
@@ -128,6 +129,7 @@ def test_the_plan_prices_the_512_model_from_the_spec_ratios(models):
 
 
 def test_the_memory_guard_names_the_largest_count_at_512(models, monkeypatch):
+    monkeypatch.setattr(planning, "MODELS", dict(models))  # served here, whatever ran before (any test order)
     monkeypatch.setattr(planning, "memory_limit_gb", lambda: 48 * 0.9)
     values = dict(source=str(CAT), source_text="Cat", text="Black Leopard", generator="imagenet512",
                   **{**SMALL, "size": 512, "max_long_side": 512}, samples=2)
