@@ -196,6 +196,20 @@ def test_text_similarity(ens):
     torch.testing.assert_close(sim, singles, atol=1e-5, rtol=1e-5)
 
 
+def test_plain_text_embeddings_in_one_template_chunk_by_chunk(ens):
+    """Per model, each text in the one template through the model's own tokenizer and text tower, unit norm;
+    chunks change nothing (the 512 model's 1 000 class names go through 256 at a time)."""
+    names = ["tiger", "tabby cat", "goldfish"]
+    with torch.no_grad():
+        got = ens.plain_text_embeddings(names, "a photo of a {}.")
+        chunked = ens.plain_text_embeddings(names, "a photo of a {}.", chunk=2)
+        for model, tokenizer, emb, emb2 in zip(ens.models, ens.tokenizers, got, chunked):
+            want = model.encode_text(tokenizer([f"a photo of a {n}." for n in names])).float()
+            torch.testing.assert_close(emb, want / want.norm(dim=-1, keepdim=True), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(emb2, emb, rtol=1e-5, atol=1e-6)
+    assert len(got) == len(ens.models) >= 2
+
+
 def _tiny_resnet_clip(seed: int) -> open_clip.CLIP:
     """The tiny ResNet CLIP with every BatchNorm given non-trivial random affine parameters and statistics."""
     torch.manual_seed(seed)
