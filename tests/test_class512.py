@@ -271,8 +271,13 @@ def test_nearest_class_by_hand():
     assert classes_mod.nearest_class(text, names) == 1
     names[1][2] = torch.tensor([0.0, 3.0, 4.0])  # class 2 now cos 1 for model B: (0.7071 + 1)/2 = 0.854
     assert classes_mod.nearest_class(text, names) == 2
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as err:
         classes_mod.nearest_class(text, names[:1])
+    assert str(err.value) == "nearest_class needs one text embedding and one name table per CLIP model"
+    # each name row normalised on its own: [2, 2] (cos 0.990 with [0.6, 0.8]) beats [4, 2] (0.894) and
+    # [0.1, 1] (0.856); normalised by column, or all at once, the long row [4, 2] would win
+    table = torch.tensor([[2.0, 2.0], [0.1, 1.0], [4.0, 2.0]])
+    assert classes_mod.nearest_class([torch.tensor([0.6, 0.8])], [table]) == 0
 
 
 @pytest.fixture

@@ -107,6 +107,12 @@ def test_text_directions_formula(ens):
             torch.testing.assert_close(d, F.normalize(e_t - 0.4 * e_s + 0.2 * e_i0, dim=-1), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="1, 3, H, W"):
         ens.text_directions("a", "b", torch.rand(2, 3, 64, 64))
+    # AGG hands in the source's centre embeddings it already has: the same directions, no image encoded again
+    with torch.no_grad():
+        centre = ens.center_embeddings(src)
+        with _count_calls(ens, "encode_image") as images:
+            again = ens.text_directions("black leopard", "cat", src, centre)
+    assert images == [] and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(again, dirs))
 
 
 def test_identity_view_is_plain_resize():

@@ -159,6 +159,28 @@ def test_from_guided_diffusion_errors(kwargs, field):
     with pytest.raises(ConfigError, match=field) as info:
         UNet.from_guided_diffusion(**{**MODEL_CONFIGS["tiny"], "channel_mult": "", **kwargs}, device="meta")
     assert info.value.field == field
+    want = {"num_chanels": "num_chanels=64 is not allowed: a guided-diffusion model keyword: "
+                           + ", ".join(sorted(GD_MODEL_DEFAULTS)),
+            "use_new_attention_order": "use_new_attention_order=True is not allowed: False (no supported checkpoint "
+                                       "uses it)",
+            "channel_mult": "channel_mult='' is not allowed: explicit, or image_size in [64, 128, 256, 512]"}
+    assert str(info.value) == want[field]
+
+
+def test_from_guided_diffusion_passes_every_model_keyword():
+    """Keywords away from their defaults reach the constructor: the same network (modules, heads, dropout) as
+    built directly; attention resolutions as a tuple work like the string form (64 // 16 = 4, 64 // 8 = 8)."""
+    kw = dict(MODEL_CONFIGS["tiny"], num_head_channels=-1, num_heads=2, num_heads_upsample=1,
+              use_scale_shift_norm=False, resblock_updown=False, dropout=0.25, attention_resolutions=(16, 8))
+    torch.manual_seed(0)
+    built = UNet.from_guided_diffusion(**kw)
+    torch.manual_seed(0)
+    direct = UNet(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_rates=(4, 8),
+                  out_channels=6, num_heads=2, num_head_channels=-1, num_heads_upsample=1,
+                  use_scale_shift_norm=False, resblock_updown=False, dropout=0.25)
+    assert repr(built) == repr(direct) and "Dropout(p=0.25" in repr(built)
+    heads = [[m.num_heads for m in net.modules() if hasattr(m, "num_heads")] for net in (built, direct)]
+    assert heads[0] == heads[1] and set(heads[0]) == {1, 2}  # the up path's blocks take num_heads_upsample
 
 
 def test_build_unet_unknown_name():

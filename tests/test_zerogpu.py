@@ -87,6 +87,17 @@ def test_steps_and_yields_pickle(models):
         assert pickle.loads(pickle.dumps(item)) == item
 
 
+def test_budget_defaults_and_edges_by_hand():
+    """The 256 ImageNet model at the H100 speed by default; a measurement normalised to the reference size it
+    was taken against; no sample when the fixed part alone exceeds the memory."""
+    assert budget.prior_speed("text") == budget.StepSpeed(0.217, 256 * 256)
+    assert budget.prior_speed("image", slowdown=2.0) == budget.StepSpeed(2 * 0.089, 256 * 256)
+    # 2.8 s at twice the 512 model's 512² (pixel factor 2), batch 1
+    assert budget.StepSpeed.from_measurement(2.8, 1, 2 * 512 * 512, 512 * 512) == budget.StepSpeed(1.4, 512 * 512)
+    assert budget.max_samples_that_fit("text", 256 * 256, 43.2) == 4  # (43.2 − 3.14) / 8.866 = 4.5
+    assert budget.max_samples_that_fit("text", 256 * 256, 3.0) == 0  # below the fixed 3.14 GB
+
+
 def test_cost_is_sublinear_in_samples_and_learns_the_measured_speed(models, monkeypatch):
     config = preset("text", **SMALL)
     evaluations = config.t_start + config.resample_repeats  # 4 + 2
