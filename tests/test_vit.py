@@ -121,6 +121,17 @@ def test_resize_is_plain_bilinear_and_skipped_at_target():
     assert resize_for_vit(same, 8) is same
 
 
+@pytest.mark.parametrize("height, width, size", [(440, 452, (224, 224)), (300, 951, (144, 480))])
+def test_resize_antialiases_when_either_side_shrinks_more_than_twice(height, width, size):
+    """Only the width (452 > 2·224) or only the height (300 > 2·144; 951 < 2·480) beyond 2×: antialiased."""
+    x01 = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(3))
+    assert vit_input_size(height, width, 8) == size
+    want = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(resize_for_vit(x01, 8), want, rtol=0, atol=0)
+    plain = F.interpolate(x01, size=size, mode="bilinear", align_corners=False, antialias=False)
+    assert not torch.allclose(want, plain, atol=1e-3)
+
+
 def test_resize_matches_torchvision_without_antialias():
     tvf = pytest.importorskip("torchvision.transforms.functional")
     x01 = torch.rand(1, 3, 256, 256)
