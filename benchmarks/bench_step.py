@@ -516,35 +516,24 @@ def count_agg(models: Models, mode: str, batch: int, *, source: Image.Image, sty
 # --- command line --------------------------------------------------------------------------
 
 
-def unet_forward_tflop() -> dict[str, float]:
-    """TFLOP of one batch-1 forward of each real UNet at its own size (SPEC §6: 2.24 and 3.96), counted by
-    PyTorch's FlopCounterMode on the meta device, and their ratio."""
+def unet_forward_work() -> dict[str, dict[str, float]]:
+    """One batch-1 forward without grad of each real UNet at its own size, on the meta device: its TFLOP
+    (SPEC §6: 2.24 and 3.96; PyTorch's FlopCounterMode) with their ratio, and its ATen operators (an AGG
+    plain pass; ``dsct.budget.PLAIN_PASS_SHARE`` sets them against a guided step's ``aten_ops_per_step``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    out = {}
+    tflop, ops = {}, {}
     for generator, side in (("imagenet", 256), ("imagenet512", 512)):
         unet = build_unet(UNET_ARCH[generator], device="meta")
         y = torch.zeros(1, dtype=torch.long, device="meta") if unet.num_classes else None
-        with FlopCounterMode(display=False) as flops:
+        counter = OpCounter()
+        with torch.no_grad(), FlopCounterMode(display=False) as flops:
+            counter.start()
             unet(torch.zeros(1, 3, side, side, device="meta"), torch.zeros(1, device="meta"), *(() if y is None else (y,)))
-        out[generator] = round(flops.get_total_flops() / 1e12, 3)
-    out["ratio"] = round(out["imagenet512"] / out["imagenet"], 3)
-    return out
-
-
-def unet_forward_ops() -> dict[str, int]:
-    """ATen operators of one batch-1 forward without grad of each real UNet at its own size (an AGG plain
-    pass; ``dsct.budget.PLAIN_PASS_SHARE`` sets it against a guided step's ``aten_ops_per_step``)."""
-    out = {}
-    for generator, side in (("imagenet", 256), ("imagenet512", 512)):
-        unet = build_unet(UNET_ARCH[generator], device="meta")
-        y = torch.zeros(1, dtype=torch.long, device="meta") if unet.num_classes else None
-        with torch.no_grad():
-            ops = OpCounter()
-            ops.start()
-            unet(torch.zeros(1, 3, side, side, device="meta"), torch.zeros(1, device="meta"), *(() if y is None else (y,)))
-            out[generator] = ops.stop()
-    return out
+            ops[generator] = counter.stop()
+        tflop[generator] = round(flops.get_total_flops() / 1e12, 3)
+    tflop["ratio"] = round(tflop["imagenet512"] / tflop["imagenet"], 3)
+    return dict(unet_forward_tflop=tflop, unet_forward_aten_ops=ops)
 
 
 def machine(device: torch.device) -> str:
@@ -650,8 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         build_seconds=round(build_seconds, 1), weights_mb=None if weights_mb is None else round(weights_mb, 1),
     )
     if args.unet_flops:
-        print(json.dumps(dict(unet_forward_tflop=unet_forward_tflop(), unet_forward_aten_ops=unet_forward_ops())),
-              flush=True)
+        print(json.dumps(unet_forward_work()), flush=True)
     for mode in modes:
         for batch in args.batch:
             row = bench_steps(models, mode, batch, steps=args.steps, warmup=args.warmup, source=source, style=style,

@@ -40,8 +40,8 @@ H100_STEP_SECONDS = {"text": 0.217, "image": 0.089}  # one guided evaluation, ba
 MEMORY_GB = {"text": (3.140, 8.866), "image": (3.062, 3.824)}
 # A plain AGG pass is one UNet forward without grad: 1 295 ATen operators (1 420 at 512) against a guided
 # evaluation's 9 494 (text) and 3 718 (image), counted by `bench_step.py --unet-flops` and `--count-ops`
-# (README "Work per guided step"). The H100 step is launch-bound (17–23 µs per operator, README "Performance"), so a plain
-# pass costs that share of a guided evaluation: 0.136 and 0.348, rounded up.
+# (README "Work per guided step"). The H100 step is launch-bound (17–23 µs per operator, README
+# "Performance"), so a plain pass costs that share of a guided evaluation: 0.136 and 0.348, rounded up.
 PLAIN_PASS_SHARE = {"text": 0.15, "image": 0.36}
 
 
@@ -135,7 +135,8 @@ def run_seconds(config: TranslationConfig, pixels: int, speed: StepSpeed, *, sou
     if config.method != "agg":
         return evaluations(config) * step
     work, share = agg_work(config), PLAIN_PASS_SHARE[config.mode]
-    return (work.guided + share * work.plain) * step + sources * work.inversion * share * speed.evaluation_seconds(1, pixels)
+    inversion = sources * work.inversion * share * speed.evaluation_seconds(1, pixels)  # batch 1 per source
+    return (work.guided + share * work.plain) * step + inversion
 
 
 def inversion_gb(config: TranslationConfig, pixels: int, sources: int = 1) -> float:

@@ -72,6 +72,9 @@ class ImageInput(gr.Image):
         return None if payload is None else str(payload.path)
 
 
+SIZE_FIELDS = ("size", "max_long_side")  # sliders that step in the generator's multiple (config.SIZE_MULTIPLE)
+
+
 def class_choices(mode: str) -> list[tuple[str, str]]:
     """The 512 model's class list: Random, Auto (text mode: it reads the text), then every class as
     "288 leopard", searchable by typing."""
@@ -99,7 +102,7 @@ def control(name: str, value: Any, *, mode: str = "text", generator: str = "imag
         return ConfigNumber(minimum=low, maximum=high, precision=0 if is_int else None, **kw)
     if name.startswith("lambda_"):
         high = min(high, WEIGHT_SLIDER_MAX)
-    step = SIZE_MULTIPLE[generator] if name in ("size", "max_long_side") else 0.01 if high <= 1 and not is_int else 1
+    step = SIZE_MULTIPLE[generator] if name in SIZE_FIELDS else 0.01 if high <= 1 and not is_int else 1
     slider = ConfigSlider(minimum=low, maximum=high, step=step, **kw)
     slider.integer = is_int  # not a constructor argument: gradio reads __init__'s signature for the page's config
     return slider
@@ -137,9 +140,8 @@ def preset_updates(mode: str, fast: bool, generator: str, method: str, names: Se
     if "resample_repeats" in visible:  # and only while resampling is on
         visible["resample_repeats"] &= config.resample_repeats > 1
     # the size sliders move in the generator's multiple (64 at 512), so they offer only sizes it accepts
-    step = {n: SIZE_MULTIPLE[generator] for n in ("size", "max_long_side")}
-    updates = [gr.update(value=v, visible=visible[n], **({"step": step[n]} if n in step else {}))
-               for n, v in zip(names, values)]
+    step = {"step": SIZE_MULTIPLE[generator]}
+    updates = [gr.update(value=v, visible=visible[n], **(step if n in SIZE_FIELDS else {})) for n, v in zip(names, values)]
     note = f"Preset applied: {'; '.join(changed)}." if changed else ""
     if generator == "ffhq":
         note = f"{FACES_NOTE} {note}".strip()

@@ -36,6 +36,22 @@ class LinearEps(nn.Module):
         return torch.cat([self.a * x, torch.full_like(x, self.v)], dim=1)
 
 
+class ClassEps(LinearEps):
+    """LinearEps with ImageNet's classes: records each pass's class ids (None on the meta device, which
+    holds no values) and refuses ids made on another device than the input, as a GPU would."""
+
+    num_classes = 1000
+
+    def __init__(self):
+        super().__init__()
+        self.ys: list[list[int] | None] = []
+
+    def forward(self, x, t, y):
+        assert y.device == x.device, f"class ids on {y.device}, input on {x.device}"
+        self.ys.append(None if y.is_meta else y.tolist())
+        return super().forward(x, t)
+
+
 class SpyViT(nn.Module):
     """Tokens = 16×16 average pools of the [0,1] input; [CLS] = per-channel mean of the input."""
 

@@ -23,7 +23,7 @@ from dsct.sampler import INVERSION_CLASS_SEED, ddim_invert, draw_classes, sample
 from dsct.unet import build_unet
 from dsct.vit import resize_for_vit
 
-from closed_form import LinearEps, SpyViT
+from closed_form import ClassEps, LinearEps, SpyViT
 from helpers import picture, tiny_models
 
 S512 = dict(size=64, max_long_side=128, steps=8, skip=4)
@@ -130,20 +130,8 @@ def test_class_id_held_everywhere(method):
 
 
 # --------------------------------------------------------------------------- the class rule, closed form
-# A stand-in UNet with ImageNet's classes (ε = 0.5·x_t, ``closed_form.LinearEps``) records the ids of every
+# A stand-in UNet with ImageNet's classes (ε = 0.5·x_t, ``closed_form.ClassEps``) records the ids of every
 # evaluation; the expected ids are replayed by hand from each sample's seed in the documented draw order.
-
-
-class ClassEps(LinearEps):
-    num_classes = 1000
-
-    def __init__(self):
-        super().__init__()
-        self.ys: list[list[int]] = []
-
-    def forward(self, x, t, y):
-        self.ys.append(y.tolist())
-        return super().forward(x, t)
 
 
 QUIET = dict(lambda_ssim=0.0, lambda_contra=0.0, lambda_div=0.0, lambda_cls=0.0, lambda_l2=0.0, lambda_clip=0.0,
@@ -188,30 +176,20 @@ def test_agg_loop_draws_a_class_per_step_from_each_sample_or_holds_one():
                    [torch.Generator().manual_seed(s) for s in (4, 9)])
 
 
-class OnDeviceClassEps(LinearEps):
-    """A class-conditional stand-in that refuses ids made on another device than its input (as a GPU would)."""
-
-    num_classes = 1000
-
-    def forward(self, x, t, y):
-        assert y.device == x.device, f"class ids on {y.device}, input on {x.device}"
-        return super().forward(x, t)
-
-
 def test_classes_are_drawn_on_the_device_of_the_run():
     meta = torch.device("meta")  # another device than the CPU, without a GPU
-    assert draw_classes(OnDeviceClassEps(), [torch.Generator().manual_seed(1)], None, meta).device == meta
+    assert draw_classes(ClassEps(), [torch.Generator().manual_seed(1)], None, meta).device == meta
     src, gens = torch.zeros(1, 3, 16, 16, device=meta), lambda: [torch.Generator().manual_seed(s) for s in (2, 5)]  # noqa: E731
     cfg = TranslationConfig(mode="image", steps=6, skip=2, resample_repeats=2, range_restart=False, **QUIET)
     sched = make_schedule(str(cfg.steps))
     guide = build_guide(cfg, sched, src, vit=SpyViT())
-    out = sample_guided(OnDeviceClassEps(), sched, guide, src, gens(), t_start=cfg.t_start, repeats=2)
+    out = sample_guided(ClassEps(), sched, guide, src, gens(), t_start=cfg.t_start, repeats=2)
     assert out.x0.device == meta
     agg = TranslationConfig(mode="image", method="agg", steps=10, skip=5, t_edit=3, t_boost=4,
                             **{k: v for k, v in QUIET.items() if k not in ("lambda_ssim", "lambda_contra", "lambda_div")})
     sched = make_schedule(str(agg.steps))
-    guide = build_guide(agg, sched, src, vit=SpyViT(), inversion=ddim_invert(OnDeviceClassEps(), sched, src, agg.t_start))
-    assert sample_agg(OnDeviceClassEps(), sched, guide, guide.fixed.inv_start, gens()).x0.device == meta
+    guide = build_guide(agg, sched, src, vit=SpyViT(), inversion=ddim_invert(ClassEps(), sched, src, agg.t_start))
+    assert sample_agg(ClassEps(), sched, guide, guide.fixed.inv_start, gens()).x0.device == meta
 
 
 def test_diffuseit_loop_draws_a_class_per_evaluation_before_its_noise():

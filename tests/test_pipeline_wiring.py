@@ -24,7 +24,7 @@ from dsct.pipeline import check_models, _check_seeds, check_request, check_text,
 from dsct.sampler import SampleOutput
 from dsct.scoring import Scores
 
-from closed_form import LinearEps, SpyArcFace, SpyClip, SpyViT, zero_weights
+from closed_form import ClassEps, LinearEps, SpyArcFace, SpyClip, SpyViT, zero_weights
 from helpers import picture
 
 SEEDS_ALLOWED = "a list of 1 to 16 integers in [0, 2^63 − 1]"
@@ -180,21 +180,6 @@ def test_models_must_be_loaded_for_their_weights():
     check_models(models(), settings("image", lambda_id=0.0))
 
 
-class ClassLinear(LinearEps):
-    """A class-conditional stand-in: records the classes of each pass."""
-
-    num_classes = 1000
-
-    def __init__(self):
-        super().__init__()
-        self.ys: list = []
-
-    def forward(self, x, t, y=None):
-        assert y is None or y.device == x.device, f"class ids on {y.device}, input on {x.device}"  # as a GPU would
-        self.ys.append(None if y is None or y.is_meta else y.tolist())
-        return super().forward(x, t)
-
-
 def test_models_fit_the_generators_sizes_and_classes():
     big = models(generator="imagenet512")
     err = config_error(check_models, big, settings("text", size=96, max_long_side=128))
@@ -208,7 +193,7 @@ def test_models_fit_the_generators_sizes_and_classes():
     assert (err.field, err.value) == ("class_label", 5)
     assert err.allowed == ("'random' (its default) with generator='imagenet', which has no classes: only "
                            "generator='imagenet512' reads it")
-    classy = dataclasses.replace(big, unet=ClassLinear())
+    classy = dataclasses.replace(big, unet=ClassEps())
     check_models(classy, settings("text", class_label=5))
     err = config_error(check_models, classy, settings("text", class_label=" Auto "))
     assert str(err) == ("class_label='auto' is not allowed: 'random' or a class id unless the CLIP models are "
@@ -318,7 +303,7 @@ def test_translate_many_hands_agg_the_512_sizes_and_the_held_class(monkeypatch):
         raise Stop
 
     monkeypatch.setattr(pipeline, "sample_agg", sample_agg)
-    m = dataclasses.replace(models(generator="imagenet512", clip=SpyClip()), unet=ClassLinear())
+    m = dataclasses.replace(models(generator="imagenet512", clip=SpyClip()), unet=ClassEps())
     weights = {k: v for k, v in zero_weights().items() if k not in DIFFUSEIT_ONLY}
     cfg = preset("text", method="agg", steps=10, skip=5, t_edit=3, t_boost=4, size=64, max_long_side=128,
                  class_label=5, **{**weights, "lambda_clip": 1.0})
@@ -328,7 +313,7 @@ def test_translate_many_hands_agg_the_512_sizes_and_the_held_class(monkeypatch):
     assert record["disable"] is True  # no progress bar unless asked
     assert m.unet.ys == [[5]] * 5  # the inversion's t_start + 1 = 5 passes, each with the held class
     # on another device than the CPU (meta: no GPU needed) the held class reaches the inversion there
-    meta = dataclasses.replace(models(generator="imagenet512", device="meta"), unet=ClassLinear())
+    meta = dataclasses.replace(models(generator="imagenet512", device="meta"), unet=ClassEps())
     image = preset("image", method="agg", steps=10, skip=5, t_edit=3, t_boost=4, size=64, max_long_side=128,
                    class_label=5, **{**weights, "lambda_l2": 1.0})
     with pytest.raises(Stop):
