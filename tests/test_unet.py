@@ -230,3 +230,52 @@ def test_native_groupnorm_bf16_input_gradient():
 
     assert cos(g_native, g_fp32_norm) >= 0.998
     assert cos(g_native, g_ref) >= cos(g_fp32_norm, g_ref) - 1e-3
+
+
+def test_constructor_defaults_are_the_options_every_reference_checkpoint_shares(reference_dir):
+    """Given only what differs between the checkpoints (widths, blocks, attention rates, head size), the
+    defaults build the real 256 checkpoint: learned σ (6 outputs), scale-shift norm and resampling
+    ResBlocks give exactly the reference's key and shape list; its dropout is 0."""
+    ref = json.loads((reference_dir / REAL_CHECKPOINTS["imagenet256"]).read_text())
+    kw = ref["unet_model_kwargs"]  # guided-diffusion's UNetModel kwargs: attention_resolutions are rates here
+    model = UNet(model_channels=kw["model_channels"], channel_mult=kw["channel_mult"], num_res_blocks=kw["num_res_blocks"],
+                 attention_rates=kw["attention_resolutions"], num_head_channels=kw["num_head_channels"], device="meta")
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == ref["keys"]
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {kw["dropout"]} == {0.0}
+    # Heads by count when no head size is given: guided-diffusion's num_heads=1.
+    tiny = UNet(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_rates=(1, 2), device="meta")
+    assert [m.num_heads for m in tiny.modules() if hasattr(m, "num_heads")] == [1] * 7  # 2 + 1 + 2 × 2
+
+
+def _resampling(model: UNet) -> tuple[list[str], list[str]]:
+    """The type names of the last layer of every input / output block that changes resolution in the tiny config."""
+    down = [type(model.input_blocks[i][-1]).__name__ for i in (2, 4, 6)]
+    up = [type(model.output_blocks[i][-1]).__name__ for i in (1, 3, 5)]
+    return down, up
+
+
+def test_options_off_the_checkpoints_build_guided_diffusions_modules():
+    """The options no real checkpoint uses, each checked by hand on the tiny config (32 channels, mult 1,2,2,2, one
+    block per level, attention at rate 8): heads by count reach the decoder (num_heads_upsample=-1 takes num_heads),
+    plain norm adds one embedding value per channel, and without resampling ResBlocks the levels are joined by
+    Downsample / Upsample modules with 3×3 convs (guided-diffusion's conv_resample=True), or by average pooling and
+    nearest upsampling alone without them."""
+    kw = dict(MODEL_CONFIGS["tiny"], num_head_channels=-1, num_heads=2, use_scale_shift_norm=False, resblock_updown=False)
+    torch.manual_seed(0)
+    model = UNet.from_guided_diffusion(**kw).eval()
+    assert [m.num_heads for m in model.modules() if hasattr(m, "num_heads")] == [2] * 4  # encoder 1, middle 1, decoder 2
+    blocks = [m for m in model.modules() if type(m).__name__ == "ResBlock"]
+    assert [b.emb_layers[1].out_features for b in blocks] == [b.out_layers[-1].out_channels for b in blocks]
+    assert [b.emb_layers[1].out_features for b in blocks][:4] == [32, 64, 64, 64]
+    assert _resampling(model) == (["Downsample"] * 3, ["Upsample"] * 3)
+    assert {(m.op.kernel_size, m.op.stride) for m in model.modules() if type(m).__name__ == "Downsample"} == {((3, 3), (2, 2))}
+    assert {m.conv.kernel_size for m in model.modules() if type(m).__name__ == "Upsample"} == {(3, 3)}
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64), _t(1)).shape == (1, 6, 64, 64)
+    bare = UNet(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_rates=(8,),
+                resblock_updown=False, conv_resample=False, device="meta")
+    assert _resampling(bare) == (["Downsample"] * 3, ["Upsample"] * 3)
+    assert {type(m.op).__name__ for m in bare.modules() if type(m).__name__ == "Downsample"} == {"AvgPool2d"}
+    assert {m.conv for m in bare.modules() if type(m).__name__ == "Upsample"} == {None}
+    on_meta = UNet.from_guided_diffusion(**kw, device="meta")
+    assert {p.device.type for p in on_meta.parameters()} == {"meta"}
