@@ -61,6 +61,7 @@ def test_reference_output_512(reference_dir):
 def test_class_cond_builds_the_label_embedding_and_tiny512_is_class_conditional():
     model = UNet.from_guided_diffusion(**{**MODEL_CONFIGS["tiny"], "class_cond": True}, device="meta")
     assert model.num_classes == 1000 and tuple(model.label_emb.weight.shape) == (1000, 128)  # 4 × num_channels
+    assert {p.device.type for p in model.parameters()} == {"meta"}  # the label embedding too
     plain = build_unet("tiny", device="meta")
     assert plain.num_classes is None and plain.label_emb is None
     assert "label_emb.weight" not in plain.state_dict()
