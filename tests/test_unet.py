@@ -233,6 +233,13 @@ def test_native_groupnorm_bf16_input_gradient():
     assert cos(g_native, g_ref) >= cos(g_fp32_norm, g_ref) - 1e-3
 
 
+def _resampling(model: UNet) -> tuple[list[str], list[str]]:
+    """The type names of the last layer of every input / output block that changes resolution in the tiny config."""
+    down = [type(model.input_blocks[i][-1]).__name__ for i in (2, 4, 6)]
+    up = [type(model.output_blocks[i][-1]).__name__ for i in (1, 3, 5)]
+    return down, up
+
+
 def test_constructor_defaults_are_the_options_every_reference_checkpoint_shares(reference_dir):
     """Given only what differs between the checkpoints (widths, blocks, attention rates, head size), the
     defaults build the real 256 checkpoint: learned σ (6 outputs), scale-shift norm and resampling
@@ -246,13 +253,11 @@ def test_constructor_defaults_are_the_options_every_reference_checkpoint_shares(
     # Heads by count when no head size is given: guided-diffusion's num_heads=1.
     tiny = UNet(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_rates=(1, 2), device="meta")
     assert [m.num_heads for m in tiny.modules() if hasattr(m, "num_heads")] == [1] * 7  # 2 + 1 + 2 × 2
-
-
-def _resampling(model: UNet) -> tuple[list[str], list[str]]:
-    """The type names of the last layer of every input / output block that changes resolution in the tiny config."""
-    down = [type(model.input_blocks[i][-1]).__name__ for i in (2, 4, 6)]
-    up = [type(model.output_blocks[i][-1]).__name__ for i in (1, 3, 5)]
-    return down, up
+    # The resampling ResBlocks halve / double the resolution (their pooling has no weights, so no key shows it).
+    tiny = UNet(model_channels=32, channel_mult=(1, 2, 2, 2), num_res_blocks=1, attention_rates=(8,), device="meta")
+    assert _resampling(tiny) == (["ResBlock"] * 3, ["ResBlock"] * 3)
+    assert [type(tiny.input_blocks[i][-1].h_upd).__name__ for i in (2, 4, 6)] == ["Downsample"] * 3
+    assert [type(tiny.output_blocks[i][-1].x_upd).__name__ for i in (1, 3, 5)] == ["Upsample"] * 3
 
 
 def test_options_off_the_checkpoints_build_guided_diffusions_modules():
